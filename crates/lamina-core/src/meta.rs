@@ -1,0 +1,297 @@
+//! The metadata file: every snapshot's record in one redb database, each operation one
+//! write transaction, so a crash leaves either the whole change or none of it.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Info, Kind, Labels, Usage};
+
+/// key or committed name → encoded [`Record`].
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// (parent name, child key) → (): answers "has children?" without a scan.
+const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("children");
+/// Store-wide values such as the schema version.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const SCHEMA_VERSION: u64 = 1;
+
+/// What is stored about one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    /// Names the snapshot's directory; never reused while the record exists.
+    pub id: u64,
+    pub kind: Kind,
+    pub parent: String,
+    pub labels: Labels,
+    /// Nanoseconds since the Unix epoch.
+    pub created: i64,
+    pub updated: i64,
+    /// Recorded at commit; `None` for active snapshots, whose usage is computed on demand.
+    pub usage: Option<Usage>,
+}
+
+impl Record {
+    pub fn info(&self, name: &str) -> Info {
+        Info {
+            name: name.to_owned(),
+            parent: self.parent.clone(),
+            kind: self.kind,
+            labels: self.labels.clone(),
+            created: from_nanos(self.created),
+            updated: from_nanos(self.updated),
+        }
+    }
+}
+
+/// The current time in the record's unit.
+pub(crate) fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn from_nanos(n: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64)
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Record> {
+    postcard::from_bytes(bytes).map_err(|source| Error::CorruptRecord {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn encode(rec: &Record) -> Vec<u8> {
+    // Serialising plain owned data into a Vec cannot fail.
+    postcard::to_allocvec(rec).unwrap_or_default()
+}
+
+/// The snapshot metadata database.
+pub(crate) struct MetaStore {
+    db: Database,
+}
+
+impl MetaStore {
+    /// Opens (or creates) the database at `path` and checks its schema version.
+    pub fn open(path: &Path, backend: crate::BackendKind) -> Result<MetaStore> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(SNAPSHOTS)?;
+            txn.open_table(CHILDREN)?;
+            let mut meta = txn.open_table(META)?;
+            let version = meta.get("schema")?.map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(v) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "metadata schema version {v} is not supported (this build reads {SCHEMA_VERSION})"
+                    )))
+                }
+            }
+            let stored = meta.get("backend")?.map(|v| v.value());
+            match stored {
+                None => {
+                    meta.insert("backend", backend.code())?;
+                }
+                Some(code) if code == backend.code() => {}
+                Some(code) => {
+                    let name = if code == crate::BackendKind::Native.code() { "native" } else { "overlayfs" };
+                    return Err(Error::FailedPrecondition(format!(
+                        "root was created with the {name} backend, not {backend}; use --backend {name} or another root"
+                    )));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(MetaStore { db })
+    }
+
+    /// Reads one record.
+    pub fn get(&self, key: &str) -> Result<Option<Record>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        let value = table.get(key)?;
+        value.map(|v| decode(key, v.value())).transpose()
+    }
+
+    /// Ids of `parent` and all its ancestors, nearest first.
+    pub fn chain(&self, parent: &str) -> Result<Vec<u64>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        let mut ids = Vec::new();
+        let mut next = parent.to_owned();
+        while !next.is_empty() {
+            let rec = match table.get(next.as_str())? {
+                Some(v) => decode(&next, v.value())?,
+                None => {
+                    return Err(Error::NotFound {
+                        key: next,
+                        context: " (ancestor)",
+                    })
+                }
+            };
+            ids.push(rec.id);
+            next = rec.parent;
+        }
+        Ok(ids)
+    }
+
+    /// Inserts a new active or view snapshot, checking in the same transaction that the
+    /// key is free and the parent exists and is committed.
+    pub fn insert(&self, key: &str, rec: &Record) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SNAPSHOTS)?;
+            if table.get(key)?.is_some() {
+                return Err(Error::AlreadyExists { key: key.into() });
+            }
+            check_parent(&table, &rec.parent)?;
+            table.insert(key, encode(rec).as_slice())?;
+            if !rec.parent.is_empty() {
+                txn.open_table(CHILDREN)?.insert((rec.parent.as_str(), key), ())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Turns active snapshot `key` into committed snapshot `name`.
+    pub fn commit(&self, key: &str, name: &str, labels: Labels, usage: Usage) -> Result<Record> {
+        let txn = self.db.begin_write()?;
+        let rec = {
+            let mut table = txn.open_table(SNAPSHOTS)?;
+            let mut rec = match table.get(key)? {
+                Some(v) => decode(key, v.value())?,
+                None => return Err(Error::not_found(key)),
+            };
+            if rec.kind != Kind::Active {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key:?} is a {} snapshot: only active snapshots can be committed",
+                    rec.kind
+                )));
+            }
+            if table.get(name)?.is_some() {
+                return Err(Error::AlreadyExists { key: name.into() });
+            }
+            let now = now_nanos();
+            rec.kind = Kind::Committed;
+            rec.labels = labels;
+            rec.created = now;
+            rec.updated = now;
+            rec.usage = Some(usage);
+            table.remove(key)?;
+            table.insert(name, encode(&rec).as_slice())?;
+            if !rec.parent.is_empty() {
+                let mut children = txn.open_table(CHILDREN)?;
+                children.remove((rec.parent.as_str(), key))?;
+                children.insert((rec.parent.as_str(), name), ())?;
+            }
+            rec
+        };
+        txn.commit()?;
+        Ok(rec)
+    }
+
+    /// Deletes a snapshot that has no children and returns its record.
+    pub fn remove(&self, key: &str) -> Result<Record> {
+        let txn = self.db.begin_write()?;
+        let rec = {
+            let mut table = txn.open_table(SNAPSHOTS)?;
+            let rec = match table.get(key)? {
+                Some(v) => decode(key, v.value())?,
+                None => return Err(Error::not_found(key)),
+            };
+            let mut children = txn.open_table(CHILDREN)?;
+            if let Some(child) = children.range((key, "")..)?.next() {
+                let child = child?;
+                let (parent, name) = child.0.value();
+                if parent == key {
+                    return Err(Error::FailedPrecondition(format!(
+                        "cannot remove snapshot {key:?}: snapshot {name:?} depends on it"
+                    )));
+                }
+            }
+            table.remove(key)?;
+            if !rec.parent.is_empty() {
+                children.remove((rec.parent.as_str(), key))?;
+            }
+            rec
+        };
+        txn.commit()?;
+        Ok(rec)
+    }
+
+    /// Applies `change` to a record's labels and stamps its update time.
+    pub fn update(&self, key: &str, change: impl FnOnce(&mut Labels)) -> Result<Record> {
+        let txn = self.db.begin_write()?;
+        let rec = {
+            let mut table = txn.open_table(SNAPSHOTS)?;
+            let mut rec = match table.get(key)? {
+                Some(v) => decode(key, v.value())?,
+                None => return Err(Error::not_found(key)),
+            };
+            change(&mut rec.labels);
+            rec.updated = now_nanos();
+            table.insert(key, encode(&rec).as_slice())?;
+            rec
+        };
+        txn.commit()?;
+        Ok(rec)
+    }
+
+    /// Calls `f` with each record in key order until it returns `false`.
+    pub fn for_each(&self, mut f: impl FnMut(&str, Record) -> bool) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let key = k.value();
+            if !f(key, decode(key, v.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every id a record refers to.
+    pub fn ids(&self) -> Result<HashSet<u64>> {
+        let mut ids = HashSet::new();
+        self.for_each(|_, r| {
+            ids.insert(r.id);
+            true
+        })?;
+        Ok(ids)
+    }
+}
+
+fn check_parent(table: &redb::Table<&str, &[u8]>, parent: &str) -> Result<()> {
+    if parent.is_empty() {
+        return Ok(());
+    }
+    let rec = match table.get(parent)? {
+        Some(v) => decode(parent, v.value())?,
+        None => {
+            return Err(Error::NotFound {
+                key: parent.into(),
+                context: " (parent)",
+            })
+        }
+    };
+    if rec.kind != Kind::Committed {
+        return Err(Error::InvalidArgument(format!(
+            "parent {parent:?} is a {} snapshot, not a committed one",
+            rec.kind
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Every mount, unmount, mknod and xattr call Lamina makes, in one place so it can be
+//! read and audited at once. Everything else goes through these functions.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, Timestamps, CWD};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
+
+use crate::error::{Error, Result};
+use crate::model::Mount;
+
+fn io_err(op: &'static str, path: &Path, e: rustix::io::Errno) -> Error {
+    Error::io(op, path, e.into())
+}
+
+/// Mounts a containerd-style mount list onto `target`, in order (each stacked on the last).
+///
+/// Overlay mounts go through the new mount API (fsopen/fsconfig) and add lower layers one
+/// by one with `lowerdir+` where the kernel has it (6.8+), so no option string ever hits
+/// the one-page limit of mount(2), whatever the number of layers.
+pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+    for m in mounts {
+        match m.kind.as_str() {
+            "bind" | "rbind" => mount_bind(m, target)?,
+            "overlay" => mount_overlay(m, target)?,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unsupported mount type {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mount_bind(m: &Mount, target: &Path) -> Result<()> {
+    let source = Path::new(&m.source);
+    let recursive = m.kind == "rbind" || m.options.iter().any(|o| o == "rbind");
+    let readonly = m.options.iter().any(|o| o == "ro");
+    let r = if recursive {
+        rustix::mount::mount_bind_recursive(source, target)
+    } else {
+        rustix::mount::mount_bind(source, target)
+    };
+    r.map_err(|e| io_err("bind mount onto", target, e))?;
+    if readonly {
+        if let Err(e) =
+            rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
+        {
+            let _ = unmount(target);
+            return Err(io_err("remount read-only", target, e));
+        }
+    }
+    Ok(())
+}
+
+fn mount_overlay(m: &Mount, target: &Path) -> Result<()> {
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| io_err("fsopen overlay for", target, e))?;
+    let mut readonly = false;
+    let mut lowers: Vec<&str> = Vec::new();
+    for opt in &m.options {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("ro", None) => readonly = true,
+            ("rw", None) => {}
+            ("lowerdir", Some(v)) => lowers.extend(v.split(':')),
+            (k, Some(v)) => rustix::mount::fsconfig_set_string(&fs, k, v)
+                .map_err(|e| io_err("overlay option", Path::new(opt), e))?,
+            (k, None) => rustix::mount::fsconfig_set_flag(&fs, k)
+                .map_err(|e| io_err("overlay option", Path::new(opt), e))?,
+        }
+    }
+    // Lowest priority last, as in `lowerdir=top:...:bottom`; `lowerdir+` appends in order.
+    let mut per_layer = true;
+    for lower in &lowers {
+        if let Err(e) = rustix::mount::fsconfig_set_string(&fs, "lowerdir+", *lower) {
+            if e == rustix::io::Errno::INVAL && per_layer && lower == &lowers[0] {
+                per_layer = false; // kernel before 6.8: fall back to one option string
+                break;
+            }
+            return Err(io_err("overlay lowerdir", Path::new(lower), e));
+        }
+    }
+    if !per_layer {
+        rustix::mount::fsconfig_set_string(&fs, "lowerdir", lowers.join(":"))
+            .map_err(|e| io_err("overlay lowerdir for", target, e))?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(|e| io_err("create overlay for", target, e))?;
+    let attrs = if readonly {
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+    } else {
+        MountAttrFlags::empty()
+    };
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| io_err("fsmount overlay for", target, e))?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| io_err("move overlay mount onto", target, e))
+}
+
+/// Unmounts `target` (one level).
+pub fn unmount(target: &Path) -> Result<()> {
+    rustix::mount::unmount(target, UnmountFlags::empty()).map_err(|e| io_err("unmount", target, e))
+}
+
+/// Unmounts `target` lazily: detaches it now, frees it when no longer busy.
+pub fn unmount_detach(target: &Path) -> Result<()> {
+    rustix::mount::unmount(target, UnmountFlags::DETACH).map_err(|e| io_err("unmount", target, e))
+}
+
+/// Creates a device node, fifo or socket at `path` with the given type bits and device number.
+pub fn mknod(path: &Path, file_type: FileType, mode: u32, dev: u64) -> Result<()> {
+    rustix::fs::mknodat(CWD, path, file_type, Mode::from_raw_mode(mode), dev)
+        .map_err(|e| io_err("mknod", path, e))
+}
+
+/// Lists the extended attribute names of `path` (not following symlinks).
+pub fn list_xattrs(path: &Path) -> Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                return Ok(buf[..n]
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| OsString::from_vec(s.to_vec()))
+                    .collect())
+            }
+            Err(rustix::io::Errno::RANGE) => buf.resize(buf.len() * 4, 0),
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("listxattr", path, e)),
+        }
+    }
+}
+
+/// Reads one extended attribute of `path` (not following symlinks); `None` if absent.
+pub fn get_xattr(path: &Path, name: &OsString) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::lgetxattr(path, name.as_os_str(), &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(rustix::io::Errno::RANGE) => buf.resize(buf.len() * 4, 0),
+            Err(rustix::io::Errno::NODATA) => return Ok(None),
+            Err(e) => return Err(io_err("getxattr", path, e)),
+        }
+    }
+}
+
+/// Sets one extended attribute of `path` (not following symlinks).
+pub fn set_xattr(path: &Path, name: &OsString, value: &[u8]) -> Result<()> {
+    rustix::fs::lsetxattr(path, name.as_os_str(), value, rustix::fs::XattrFlags::empty())
+        .map_err(|e| io_err("setxattr", path, e))
+}
+
+/// Sets owner and group of `path` without following symlinks.
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| Error::io("lchown", path, e))
+}
+
+/// Sets access and modification times of `path` without following symlinks.
+pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<()> {
+    let ts = |(s, ns): (i64, i64)| rustix::fs::Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
+    let times = Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_err("utimensat", path, e))
+}
+
+/// Flushes the filesystem that holds `path` to stable storage.
+pub fn syncfs(path: &Path) -> Result<()> {
+    let dir = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| io_err("syncfs", path, e))
+}

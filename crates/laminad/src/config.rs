@@ -1,0 +1,108 @@
+//! laminad's configuration: a TOML file, each setting also a command-line flag.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use lamina_core::BackendKind;
+use serde::Deserialize;
+
+/// Where laminad keeps its state unless told otherwise.
+pub const DEFAULT_ROOT: &str = "/var/lib/lamina";
+/// Where laminad listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/lamina/lamina.sock";
+/// The config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/lamina/laminad.toml";
+
+/// The settings of one daemon.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// State directory: metadata and snapshots. Nothing is written outside it but the socket.
+    pub root: PathBuf,
+    /// Unix socket serving containerd's snapshots API.
+    pub socket: PathBuf,
+    /// Permission bits of the socket, in octal (e.g. "0600").
+    pub socket_mode: String,
+    /// Group id owning the socket, so a non-root group may connect with mode 0660.
+    pub socket_group: Option<u32>,
+    /// Backend: "overlayfs" or "native".
+    pub backend: String,
+    /// tracing filter: "info", "debug", "laminad=debug,lamina_core=info", ...
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: DEFAULT_ROOT.into(),
+            socket: DEFAULT_SOCKET.into(),
+            socket_mode: "0600".into(),
+            socket_group: None,
+            backend: BackendKind::default().as_str().into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the default config file if `path` is `None` and the file exists,
+    /// or returns the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG).exists() => DEFAULT_CONFIG.into(),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.backend()?;
+        cfg.socket_mode()?;
+        Ok(cfg)
+    }
+
+    /// The backend, parsed.
+    pub fn backend(&self) -> anyhow::Result<BackendKind> {
+        Ok(self.backend.parse()?)
+    }
+
+    /// The socket mode, parsed from octal; only permission bits are allowed.
+    pub fn socket_mode(&self) -> anyhow::Result<u32> {
+        let mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .with_context(|| format!("socket_mode {:?} is not an octal number", self.socket_mode))?;
+        if mode > 0o777 {
+            bail!("socket_mode {:?} has bits beyond 0777", self.socket_mode);
+        }
+        Ok(mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_config() {
+        let c = Config::parse(
+            "root = \"/srv/lamina\"\nsocket = \"/tmp/l.sock\"\nsocket_mode = \"0660\"\nsocket_group = 5\nbackend = \"native\"\nlog_level = \"debug\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.root, Path::new("/srv/lamina"));
+        assert_eq!(c.socket_mode().unwrap(), 0o660);
+        assert_eq!(c.backend().unwrap(), BackendKind::Native);
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert!(Config::parse("backend = \"zfs\"").is_err());
+        assert!(Config::parse("socket_mode = \"0999\"").is_err());
+        assert!(Config::parse("socket_mode = \"7777\"").is_err());
+        assert!(Config::parse("rooot = \"/x\"").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The daemon's life: open the store, bind the socket, serve until SIGTERM/SIGINT, then
+//! stop accepting, let requests in flight finish and remove the socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use lamina_core::{Snapshotter, StoreConfig};
+use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::service::SnapshotService;
+
+/// Runs the daemon with `cfg` until it is told to stop.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // Nothing laminad creates (socket, lock, metadata) starts out readable by others;
+    // snapshot directories get explicit modes.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let backend = cfg.backend()?;
+    let store = Snapshotter::open(StoreConfig {
+        root: cfg.root.clone(),
+        backend,
+    })
+    .with_context(|| format!("opening store at {}", cfg.root.display()))?;
+    let store = Arc::new(store);
+    tracing::info!(root = %store.root().display(), %backend, "store open");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("laminad")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(cfg, store))
+}
+
+async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
+    let listener = bind(&cfg).await?;
+    tracing::info!(socket = %cfg.socket.display(), "serving containerd.services.snapshots.v1.Snapshots");
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(SnapshotService::new(store)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    result.context("gRPC server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates the socket's directory (0711 if new), refuses a socket another process is
+/// serving, replaces a stale one, and applies the configured mode and group.
+async fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let path = &cfg.socket;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating socket directory {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("chmod {}", dir.display()))?;
+        }
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("socket {} is already served by another process", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    set_socket_access(path, cfg.socket_mode()?, cfg.socket_group)?;
+    Ok(listener)
+}
+
+fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<()> {
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("chgrp {gid} {}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {:o} {}", mode, path.display()))
+}

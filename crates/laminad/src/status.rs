@@ -1,0 +1,21 @@
+//! The one mapping from snapshot-store errors to gRPC status codes, chosen so that
+//! containerd's errdefs turns them back into ErrNotFound, ErrAlreadyExists, ...
+
+use lamina_core::Error;
+use tonic::{Code, Status};
+
+/// Converts a store error into the status containerd expects for it.
+pub fn to_status(e: Error) -> Status {
+    let code = match &e {
+        Error::NotFound { .. } => Code::NotFound,
+        Error::AlreadyExists { .. } => Code::AlreadyExists,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::InvalidArgument(_) | Error::Filter { .. } => Code::InvalidArgument,
+        Error::RootLocked { .. } => Code::Unavailable,
+        Error::Io { .. } | Error::Metadata(_) | Error::CorruptRecord { .. } => {
+            tracing::error!(error = %e, "internal error");
+            Code::Internal
+        }
+    };
+    Status::new(code, e.to_string())
+}

@@ -1,1 +1,67 @@
-fn main(){}
+//! lamina: the command-line client of laminad.
+
+mod snapshot;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Lamina's command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "lamina", version, about)]
+struct Cli {
+    /// laminad's socket.
+    #[arg(long, global = true, env = "LAMINA_SOCKET", default_value = "/run/lamina/lamina.sock")]
+    socket: PathBuf,
+    /// Output format of listings and info.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned tables for people.
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with snapshots.
+    #[command(subcommand, visible_alias = "snapshots")]
+    Snapshot(snapshot::Command),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async move {
+                match cli.command {
+                    Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
+                }
+            })
+        });
+    if let Err(e) = result {
+        eprintln!("lamina: {}", describe(&e));
+        std::process::exit(1);
+    }
+}
+
+/// One line for an error chain, with gRPC statuses shown as "message (Code)".
+fn describe(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|cause| match cause.downcast_ref::<tonic::Status>() {
+            Some(s) => format!("{} ({:?})", s.message(), s.code()),
+            None => cause.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}

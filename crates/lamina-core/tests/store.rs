@@ -1,0 +1,124 @@
+//! The snapshot store used as a Rust library: semantics, deep layer stacks and crash
+//! leftovers. These tests mount filesystems and must run as root.
+
+use std::path::Path;
+
+use lamina_core::{BackendKind, Error, Kind, Labels, Snapshotter, StoreConfig};
+
+fn require_root() {
+    let uid = rustix::process::geteuid();
+    assert!(uid.is_root(), "this test mounts filesystems and must run as root (uid {})", uid.as_raw());
+}
+
+fn open(dir: &Path, backend: BackendKind) -> Snapshotter {
+    Snapshotter::open(StoreConfig { root: dir.join("root"), backend }).expect("open store")
+}
+
+fn tmp() -> tempfile::TempDir {
+    let base = std::env::var_os("LAMINA_TEST_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new().prefix("lamina-core-test-").tempdir_in(base).unwrap()
+}
+
+/// Writes `files` into a new layer on `parent` through a real mount, commits it as `name`.
+fn layer(s: &Snapshotter, mnt: &Path, name: &str, parent: &str, files: &[(&str, &str)]) {
+    let key = format!("{name}-active");
+    let mounts = s.prepare(&key, parent, Labels::new()).unwrap();
+    std::fs::create_dir_all(mnt).unwrap();
+    lamina_core::sys::mount_all(&mounts, mnt).unwrap();
+    for (f, content) in files {
+        std::fs::write(mnt.join(f), content).unwrap();
+    }
+    lamina_core::sys::unmount(mnt).unwrap();
+    s.commit(name, &key, Labels::new()).unwrap();
+}
+
+#[test]
+fn two_hundred_layers_mount_past_the_page_limit() {
+    require_root();
+    let t = tmp();
+    let s = open(t.path(), BackendKind::Overlayfs);
+    let mnt = t.path().join("mnt");
+    let mut parent = String::new();
+    for i in 0..200 {
+        let name = format!("layer-with-a-fairly-long-name-{i:03}");
+        layer(&s, &mnt, &name, &parent, &[(&format!("f{i}"), &format!("{i}"))]);
+        parent = name;
+    }
+    let mounts = s.view("top", &parent, Labels::new()).unwrap();
+    let options: usize = mounts[0].options.iter().map(String::len).sum();
+    assert!(options > 4096, "the lowerdir option ({options} bytes) must exceed one page for this test to mean anything");
+    lamina_core::sys::mount_all(&mounts, &mnt).unwrap();
+    let seen = (0..200).filter(|i| std::fs::read_to_string(mnt.join(format!("f{i}"))).ok() == Some(i.to_string())).count();
+    let readonly = std::fs::write(mnt.join("nope"), b"x").is_err();
+    lamina_core::sys::unmount(&mnt).unwrap();
+    assert_eq!(seen, 200, "every layer's file is visible through the 200-layer overlay");
+    assert!(readonly, "a view is read-only");
+}
+
+#[test]
+fn native_backend_copies_parents_and_isolates_children() {
+    require_root();
+    let t = tmp();
+    let s = open(t.path(), BackendKind::Native);
+    let mnt = t.path().join("mnt");
+    layer(&s, &mnt, "base", "", &[("a", "1"), ("b", "2")]);
+    let mounts = s.prepare("child", "base", Labels::new()).unwrap();
+    lamina_core::sys::mount_all(&mounts, &mnt).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("a")).unwrap(), "1");
+    std::fs::write(mnt.join("a"), "changed").unwrap();
+    std::fs::remove_file(mnt.join("b")).unwrap();
+    lamina_core::sys::unmount(&mnt).unwrap();
+    let view = s.view("look", "base", Labels::new()).unwrap();
+    lamina_core::sys::mount_all(&view, &mnt).unwrap();
+    let a = std::fs::read_to_string(mnt.join("a")).unwrap();
+    let b_exists = mnt.join("b").exists();
+    let readonly = std::fs::write(mnt.join("x"), b"x").is_err();
+    lamina_core::sys::unmount(&mnt).unwrap();
+    assert_eq!(a, "1", "parent unchanged by the child's writes");
+    assert!(b_exists, "parent unchanged by the child's deletes");
+    assert!(readonly, "native views are read-only");
+}
+
+#[test]
+fn semantics_as_a_library() {
+    require_root();
+    let t = tmp();
+    let s = open(t.path(), BackendKind::Overlayfs);
+    let mnt = t.path().join("mnt");
+    layer(&s, &mnt, "base", "", &[("a", "1")]);
+    assert!(matches!(Snapshotter::open(StoreConfig { root: t.path().join("root"), backend: BackendKind::Overlayfs }), Err(Error::RootLocked { .. })));
+    s.prepare("a1", "base", Labels::from([("l".to_string(), "1".to_string())])).unwrap();
+    assert_eq!(s.stat("a1").unwrap().kind, Kind::Active);
+    assert_eq!(s.stat("base").unwrap().kind, Kind::Committed);
+    assert!(matches!(s.commit("v", "nope", Labels::new()), Err(Error::NotFound { .. })));
+    let names: Vec<String> = s.list(&["labels.l==1"]).unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["a1"]);
+    let u = s.usage("base").unwrap();
+    assert!(u.inodes >= 2 && u.size > 0, "committed usage recorded: {u:?}");
+    s.remove("a1").unwrap();
+    s.remove("base").unwrap();
+    assert!(s.list::<&str>(&[]).unwrap().is_empty());
+    let left: Vec<_> = std::fs::read_dir(t.path().join("root/snapshots")).unwrap().collect();
+    assert!(left.is_empty(), "removed snapshots leave no directories");
+}
+
+#[test]
+fn leftovers_are_cleaned_and_ids_never_reused() {
+    require_root();
+    let t = tmp();
+    {
+        let s = open(t.path(), BackendKind::Overlayfs);
+        s.prepare("keep", "", Labels::new()).unwrap();
+        s.close();
+    }
+    // What a crash between directory creation and record commit leaves behind.
+    std::fs::create_dir_all(t.path().join("root/snapshots/500/fs")).unwrap();
+    std::fs::create_dir_all(t.path().join("root/snapshots/junk")).unwrap();
+    let s = open(t.path(), BackendKind::Overlayfs);
+    assert!(!t.path().join("root/snapshots/500").exists());
+    assert!(!t.path().join("root/snapshots/junk").exists());
+    let m = s.prepare("new", "", Labels::new()).unwrap();
+    assert!(m[0].source.contains("/snapshots/501/"), "ids continue past any seen directory: {m:?}");
+    assert_eq!(s.cleanup().unwrap().removed, 0, "nothing referenced is removed");
+    assert!(s.stat("keep").is_ok());
+}

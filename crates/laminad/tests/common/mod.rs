@@ -1,0 +1,202 @@
+//! Test support: a real laminad process on a private root and socket, and a client.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lamina_proto::snapshots as pb;
+use lamina_proto::snapshots::snapshots_client::SnapshotsClient;
+use tonic::transport::Channel;
+
+/// Fails the test at once, with the reason, unless it runs as root (it mounts).
+pub fn require_root() {
+    let uid = rustix::process::geteuid();
+    assert!(
+        uid.is_root(),
+        "this test mounts filesystems and must run as root (uid is {}); CI runs it as root",
+        uid.as_raw()
+    );
+}
+
+/// A laminad process serving a temporary root.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub backend: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts laminad with `backend` on a fresh root (under $LAMINA_TEST_DIR or /tmp).
+    pub fn start(backend: &str) -> Daemon {
+        require_root();
+        let base = std::env::var_os("LAMINA_TEST_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new().prefix("laminad-test-").tempdir_in(base).expect("temp dir");
+        let root = dir.path().join("root");
+        let socket = dir.path().join("lamina.sock");
+        let mut d = Daemon { dir, root, socket, backend: backend.into(), child: None };
+        d.spawn();
+        d
+    }
+
+    /// Runs laminad on this daemon's root and socket and returns the process.
+    pub fn command(&self) -> Command {
+        self.command_for(&self.socket, &self.backend)
+    }
+
+    /// Runs laminad on this daemon's root with another socket or backend.
+    pub fn command_for(&self, socket: &Path, backend: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_laminad"));
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--backend")
+            .arg(backend)
+            .arg("--log-level")
+            .arg("warn");
+        cmd
+    }
+
+    /// (Re)starts the process and waits until the socket answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("laminad.log"))
+            .expect("log file");
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn laminad");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("laminad exited with {status} before serving; log:\n{}", self.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "laminad did not start; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("laminad.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs the process (a crash) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERMs the process (a graceful stop) and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        let pid = rustix::process::Pid::from_child(&c);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        c.wait().expect("wait")
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(lamina_proto::connect_unix(&self.socket).await.expect("connect"))
+    }
+
+    /// Snapshot directories currently on disk.
+    pub fn snapshot_dirs(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join("snapshots"))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+pub async fn prepare(
+    c: &mut SnapshotsClient<Channel>,
+    key: &str,
+    parent: &str,
+    l: HashMap<String, String>,
+) -> Result<Vec<lamina_proto::types::Mount>, tonic::Status> {
+    c.prepare(pb::PrepareSnapshotRequest { snapshotter: String::new(), key: key.into(), parent: parent.into(), labels: l })
+        .await
+        .map(|r| r.into_inner().mounts)
+}
+
+pub async fn view(
+    c: &mut SnapshotsClient<Channel>,
+    key: &str,
+    parent: &str,
+) -> Result<Vec<lamina_proto::types::Mount>, tonic::Status> {
+    c.view(pb::ViewSnapshotRequest { snapshotter: String::new(), key: key.into(), parent: parent.into(), labels: HashMap::new() })
+        .await
+        .map(|r| r.into_inner().mounts)
+}
+
+pub async fn commit(c: &mut SnapshotsClient<Channel>, name: &str, key: &str) -> Result<(), tonic::Status> {
+    c.commit(pb::CommitSnapshotRequest { snapshotter: String::new(), name: name.into(), key: key.into(), labels: HashMap::new() })
+        .await
+        .map(|_| ())
+}
+
+pub async fn remove(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<(), tonic::Status> {
+    c.remove(pb::RemoveSnapshotRequest { snapshotter: String::new(), key: key.into() }).await.map(|_| ())
+}
+
+pub async fn stat(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<pb::Info, tonic::Status> {
+    c.stat(pb::StatSnapshotRequest { snapshotter: String::new(), key: key.into() })
+        .await
+        .map(|r| r.into_inner().info.expect("info"))
+}
+
+pub async fn usage(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<(i64, i64), tonic::Status> {
+    c.usage(pb::UsageRequest { snapshotter: String::new(), key: key.into() })
+        .await
+        .map(|r| (r.get_ref().size, r.get_ref().inodes))
+}
+
+pub async fn list(c: &mut SnapshotsClient<Channel>, filters: &[&str]) -> Result<Vec<pb::Info>, tonic::Status> {
+    let mut s = c
+        .list(pb::ListSnapshotsRequest { snapshotter: String::new(), filters: filters.iter().map(|f| f.to_string()).collect() })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        out.extend(m.info);
+    }
+    Ok(out)
+}
+
+/// Mounts a mount list on `target` with Lamina's own mount code, runs `f`, unmounts.
+pub fn with_mounted<T>(mounts: &[lamina_proto::types::Mount], target: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    std::fs::create_dir_all(target).expect("mkdir target");
+    let core: Vec<lamina_core::Mount> = mounts
+        .iter()
+        .map(|m| lamina_core::Mount { kind: m.r#type.clone(), source: m.source.clone(), options: m.options.clone() })
+        .collect();
+    lamina_core::sys::mount_all(&core, target).expect("mount");
+    let out = f(target);
+    lamina_core::sys::unmount(target).expect("unmount");
+    out
+}

@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "lamina", version, about)]
 struct Cli {
     /// laminad's socket.
-    #[arg(long, global = true, env = "LAMINA_SOCKET", default_value = "/run/lamina/lamina.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "LAMINA_SOCKET",
+        default_value = "/run/lamina/lamina.sock"
+    )]
     socket: PathBuf,
     /// Output format of listings and info.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]

@@ -306,7 +306,11 @@ pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<
             if let Some(t) = &target {
                 mount_on(&mounts, t)?;
             }
-            print_mounts(output, mounts, &target.map_or("TARGET".into(), |t| t.display().to_string()))
+            print_mounts(
+                output,
+                mounts,
+                &target.map_or("TARGET".into(), |t| t.display().to_string()),
+            )
         }
         Command::View {
             key,
@@ -327,7 +331,11 @@ pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<
             if let Some(t) = &target {
                 mount_on(&mounts, t)?;
             }
-            print_mounts(output, mounts, &target.map_or("TARGET".into(), |t| t.display().to_string()))
+            print_mounts(
+                output,
+                mounts,
+                &target.map_or("TARGET".into(), |t| t.display().to_string()),
+            )
         }
         Command::Mounts { key, target } => {
             let mounts = client
@@ -403,7 +411,11 @@ pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<
             }
         }
         Command::Ls { filters } => {
-            let infos: Vec<InfoOut> = list(&mut client, filters).await?.into_iter().map(info_out).collect();
+            let infos: Vec<InfoOut> = list(&mut client, filters)
+                .await?
+                .into_iter()
+                .map(info_out)
+                .collect();
             match output {
                 Output::Json => print_json(&infos),
                 Output::Text => {
@@ -495,7 +507,11 @@ fn tree(output: Output, infos: Vec<pb::Info>) -> anyhow::Result<()> {
     let names: std::collections::HashSet<String> = infos.iter().map(|i| i.name.clone()).collect();
     for i in &infos {
         // A parent that is not in the listing (it cannot be, but be safe) shows as a root.
-        let parent = if names.contains(&i.parent) { i.parent.clone() } else { String::new() };
+        let parent = if names.contains(&i.parent) {
+            i.parent.clone()
+        } else {
+            String::new()
+        };
         children
             .entry(parent)
             .or_default()

@@ -108,8 +108,11 @@ impl Backend {
                 let pfs = self.fs_dir(parent);
                 let meta = std::fs::metadata(&pfs).ctx("stat", &pfs)?;
                 sys::lchown(&fs, meta.uid(), meta.gid())?;
-                std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-                    .ctx("chmod", &fs)?;
+                std::fs::set_permissions(
+                    &fs,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                )
+                .ctx("chmod", &fs)?;
                 Ok(())
             }
             // A native view is a read-only bind of the (immutable) parent: no copy needed.

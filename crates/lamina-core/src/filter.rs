@@ -136,7 +136,12 @@ impl<'a> Parser<'a> {
         self.skip_space();
         let op = match self.chars.peek() {
             Some((_, '=' | '!' | '~')) => self.operator()?,
-            _ => return Ok(Selector { path, op: Op::Present }),
+            _ => {
+                return Ok(Selector {
+                    path,
+                    op: Op::Present,
+                })
+            }
         };
         self.skip_space();
         let value = self.value()?;
@@ -172,7 +177,9 @@ impl<'a> Parser<'a> {
                 }
                 Ok(s)
             }
-            Some((i, c)) => Err(self.err(format!("expected a field name at offset {i}, found {c:?}"))),
+            Some((i, c)) => {
+                Err(self.err(format!("expected a field name at offset {i}, found {c:?}")))
+            }
             None => Err(self.err("expected a field name, found end of input")),
         }
     }
@@ -198,7 +205,9 @@ impl<'a> Parser<'a> {
             }
             Some((_, c)) if c != ',' && !c.is_whitespace() => {
                 let mut s = String::new();
-                while let Some((_, c)) = self.chars.next_if(|(_, c)| *c != ',' && !c.is_whitespace()) {
+                while let Some((_, c)) =
+                    self.chars.next_if(|(_, c)| *c != ',' && !c.is_whitespace())
+                {
                     s.push(c);
                 }
                 Ok(s)
@@ -311,11 +320,22 @@ mod tests {
 
     #[test]
     fn containerd_walk_cases() {
-        let a = info("a-wl", "p-wl", Kind::Active, &[("l", "2"), ("containerd.io/gc.root", "check-walk")]);
+        let a = info(
+            "a-wl",
+            "p-wl",
+            Kind::Active,
+            &[("l", "2"), ("containerd.io/gc.root", "check-walk")],
+        );
         let p = info("p", "", Kind::Committed, &[]);
         assert!(m(&[r#"labels."containerd.io/gc.root"==check-walk"#], &a));
-        assert!(m(&[r#"kind==active,labels."containerd.io/gc.root"==check-walk"#], &a));
-        assert!(!m(&[r#"kind==view,labels."containerd.io/gc.root"==check-walk"#], &a));
+        assert!(m(
+            &[r#"kind==active,labels."containerd.io/gc.root"==check-walk"#],
+            &a
+        ));
+        assert!(!m(
+            &[r#"kind==view,labels."containerd.io/gc.root"==check-walk"#],
+            &a
+        ));
         assert!(m(&["name==p", "name==a-wl"], &a));
         assert!(m(&["name==a-wl,labels.l"], &a));
         assert!(!m(&["labels.l"], &p));
@@ -330,14 +350,31 @@ mod tests {
 
     #[test]
     fn remote_snapshotter_lookup() {
-        let i = info("ns/1/sha256:abc", "ns/0/sha256:def", Kind::Committed, &[("containerd.io/snapshot.ref", "sha256:abc")]);
-        assert!(m(&[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent==ns/0/sha256:def"#], &i));
+        let i = info(
+            "ns/1/sha256:abc",
+            "ns/0/sha256:def",
+            Kind::Committed,
+            &[("containerd.io/snapshot.ref", "sha256:abc")],
+        );
+        assert!(m(
+            &[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent==ns/0/sha256:def"#],
+            &i
+        ));
         assert!(m(&[r#"  name == "ns/1/sha256:abc" "#], &i));
     }
 
     #[test]
     fn errors_are_reported() {
-        for bad in ["name=", "name==", "name===x", "\"unterminated", "name==x,", ".x", "name==x y", "name~=("] {
+        for bad in [
+            "name=",
+            "name==",
+            "name===x",
+            "\"unterminated",
+            "name==x,",
+            ".x",
+            "name==x y",
+            "name~=(",
+        ] {
             assert!(Filter::parse_all(&[bad]).is_err(), "{bad:?} should fail");
         }
     }

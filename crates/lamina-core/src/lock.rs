@@ -34,7 +34,11 @@ impl RootLock {
                 let pid = pid.trim();
                 return Err(Error::RootLocked {
                     root: root.to_path_buf(),
-                    holder: if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+                    holder: if pid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {pid})")
+                    },
                 });
             }
             return Err(Error::io("flock", path, e.into()));

@@ -105,7 +105,11 @@ impl MetaStore {
                 }
                 Some(code) if code == backend.code() => {}
                 Some(code) => {
-                    let name = if code == crate::BackendKind::Native.code() { "native" } else { "overlayfs" };
+                    let name = if code == crate::BackendKind::Native.code() {
+                        "native"
+                    } else {
+                        "overlayfs"
+                    };
                     return Err(Error::FailedPrecondition(format!(
                         "root was created with the {name} backend, not {backend}; use --backend {name} or another root"
                     )));
@@ -158,7 +162,8 @@ impl MetaStore {
             check_parent(&table, &rec.parent)?;
             table.insert(key, encode(rec).as_slice())?;
             if !rec.parent.is_empty() {
-                txn.open_table(CHILDREN)?.insert((rec.parent.as_str(), key), ())?;
+                txn.open_table(CHILDREN)?
+                    .insert((rec.parent.as_str(), key), ())?;
             }
         }
         txn.commit()?;

@@ -117,7 +117,10 @@ mod tests {
         l.insert("k".into(), "v".repeat(MAX_LABEL_BYTES - 1));
         validate_labels(&l).unwrap();
         l.insert("k".into(), "v".repeat(MAX_LABEL_BYTES));
-        assert!(matches!(validate_labels(&l), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            validate_labels(&l),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

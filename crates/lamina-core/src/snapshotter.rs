@@ -81,7 +81,11 @@ impl Snapshotter {
         let mut max = ids.iter().copied().max().unwrap_or(0);
         for entry in std::fs::read_dir(&dir).ctx("read directory", &dir)? {
             let entry = entry.ctx("read directory", &dir)?;
-            if let Some(id) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 max = max.max(id);
             }
         }
@@ -96,7 +100,10 @@ impl Snapshotter {
         };
         let report = store.cleanup()?;
         if report.removed > 0 {
-            tracing::info!(removed = report.removed, "removed leftover snapshot directories");
+            tracing::info!(
+                removed = report.removed,
+                "removed leftover snapshot directories"
+            );
         }
         for id in &ids {
             let fs = store.backend.fs_dir(*id);

@@ -164,8 +164,13 @@ pub fn get_xattr(path: &Path, name: &OsString) -> Result<Option<Vec<u8>>> {
 
 /// Sets one extended attribute of `path` (not following symlinks).
 pub fn set_xattr(path: &Path, name: &OsString, value: &[u8]) -> Result<()> {
-    rustix::fs::lsetxattr(path, name.as_os_str(), value, rustix::fs::XattrFlags::empty())
-        .map_err(|e| io_err("setxattr", path, e))
+    rustix::fs::lsetxattr(
+        path,
+        name.as_os_str(),
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(|e| io_err("setxattr", path, e))
 }
 
 /// Sets owner and group of `path` without following symlinks.

@@ -7,16 +7,29 @@ use lamina_core::{BackendKind, Error, Kind, Labels, Snapshotter, StoreConfig};
 
 fn require_root() {
     let uid = rustix::process::geteuid();
-    assert!(uid.is_root(), "this test mounts filesystems and must run as root (uid {})", uid.as_raw());
+    assert!(
+        uid.is_root(),
+        "this test mounts filesystems and must run as root (uid {})",
+        uid.as_raw()
+    );
 }
 
 fn open(dir: &Path, backend: BackendKind) -> Snapshotter {
-    Snapshotter::open(StoreConfig { root: dir.join("root"), backend }).expect("open store")
+    Snapshotter::open(StoreConfig {
+        root: dir.join("root"),
+        backend,
+    })
+    .expect("open store")
 }
 
 fn tmp() -> tempfile::TempDir {
-    let base = std::env::var_os("LAMINA_TEST_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new().prefix("lamina-core-test-").tempdir_in(base).unwrap()
+    let base = std::env::var_os("LAMINA_TEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("lamina-core-test-")
+        .tempdir_in(base)
+        .unwrap()
 }
 
 /// Writes `files` into a new layer on `parent` through a real mount, commits it as `name`.
@@ -41,17 +54,31 @@ fn two_hundred_layers_mount_past_the_page_limit() {
     let mut parent = String::new();
     for i in 0..200 {
         let name = format!("layer-with-a-fairly-long-name-{i:03}");
-        layer(&s, &mnt, &name, &parent, &[(&format!("f{i}"), &format!("{i}"))]);
+        layer(
+            &s,
+            &mnt,
+            &name,
+            &parent,
+            &[(&format!("f{i}"), &format!("{i}"))],
+        );
         parent = name;
     }
     let mounts = s.view("top", &parent, Labels::new()).unwrap();
     let options: usize = mounts[0].options.iter().map(String::len).sum();
-    assert!(options > 4096, "the lowerdir option ({options} bytes) must exceed one page for this test to mean anything");
+    assert!(
+        options > 4096,
+        "the lowerdir option ({options} bytes) must exceed one page for this test to mean anything"
+    );
     lamina_core::sys::mount_all(&mounts, &mnt).unwrap();
-    let seen = (0..200).filter(|i| std::fs::read_to_string(mnt.join(format!("f{i}"))).ok() == Some(i.to_string())).count();
+    let seen = (0..200)
+        .filter(|i| std::fs::read_to_string(mnt.join(format!("f{i}"))).ok() == Some(i.to_string()))
+        .count();
     let readonly = std::fs::write(mnt.join("nope"), b"x").is_err();
     lamina_core::sys::unmount(&mnt).unwrap();
-    assert_eq!(seen, 200, "every layer's file is visible through the 200-layer overlay");
+    assert_eq!(
+        seen, 200,
+        "every layer's file is visible through the 200-layer overlay"
+    );
     assert!(readonly, "a view is read-only");
 }
 
@@ -86,19 +113,43 @@ fn semantics_as_a_library() {
     let s = open(t.path(), BackendKind::Overlayfs);
     let mnt = t.path().join("mnt");
     layer(&s, &mnt, "base", "", &[("a", "1")]);
-    assert!(matches!(Snapshotter::open(StoreConfig { root: t.path().join("root"), backend: BackendKind::Overlayfs }), Err(Error::RootLocked { .. })));
-    s.prepare("a1", "base", Labels::from([("l".to_string(), "1".to_string())])).unwrap();
+    assert!(matches!(
+        Snapshotter::open(StoreConfig {
+            root: t.path().join("root"),
+            backend: BackendKind::Overlayfs
+        }),
+        Err(Error::RootLocked { .. })
+    ));
+    s.prepare(
+        "a1",
+        "base",
+        Labels::from([("l".to_string(), "1".to_string())]),
+    )
+    .unwrap();
     assert_eq!(s.stat("a1").unwrap().kind, Kind::Active);
     assert_eq!(s.stat("base").unwrap().kind, Kind::Committed);
-    assert!(matches!(s.commit("v", "nope", Labels::new()), Err(Error::NotFound { .. })));
-    let names: Vec<String> = s.list(&["labels.l==1"]).unwrap().into_iter().map(|i| i.name).collect();
+    assert!(matches!(
+        s.commit("v", "nope", Labels::new()),
+        Err(Error::NotFound { .. })
+    ));
+    let names: Vec<String> = s
+        .list(&["labels.l==1"])
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(names, ["a1"]);
     let u = s.usage("base").unwrap();
-    assert!(u.inodes >= 2 && u.size > 0, "committed usage recorded: {u:?}");
+    assert!(
+        u.inodes >= 2 && u.size > 0,
+        "committed usage recorded: {u:?}"
+    );
     s.remove("a1").unwrap();
     s.remove("base").unwrap();
     assert!(s.list::<&str>(&[]).unwrap().is_empty());
-    let left: Vec<_> = std::fs::read_dir(t.path().join("root/snapshots")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(t.path().join("root/snapshots"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "removed snapshots leave no directories");
 }
 
@@ -118,7 +169,14 @@ fn leftovers_are_cleaned_and_ids_never_reused() {
     assert!(!t.path().join("root/snapshots/500").exists());
     assert!(!t.path().join("root/snapshots/junk").exists());
     let m = s.prepare("new", "", Labels::new()).unwrap();
-    assert!(m[0].source.contains("/snapshots/501/"), "ids continue past any seen directory: {m:?}");
-    assert_eq!(s.cleanup().unwrap().removed, 0, "nothing referenced is removed");
+    assert!(
+        m[0].source.contains("/snapshots/501/"),
+        "ids continue past any seen directory: {m:?}"
+    );
+    assert_eq!(
+        s.cleanup().unwrap().removed,
+        0,
+        "nothing referenced is removed"
+    );
     assert!(s.stat("keep").is_ok());
 }

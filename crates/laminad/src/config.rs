@@ -73,8 +73,9 @@ impl Config {
 
     /// The socket mode, parsed from octal; only permission bits are allowed.
     pub fn socket_mode(&self) -> anyhow::Result<u32> {
-        let mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
-            .with_context(|| format!("socket_mode {:?} is not an octal number", self.socket_mode))?;
+        let mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8).with_context(
+            || format!("socket_mode {:?} is not an octal number", self.socket_mode),
+        )?;
         if mode > 0o777 {
             bail!("socket_mode {:?} has bits beyond 0777", self.socket_mode);
         }

@@ -71,7 +71,10 @@ async fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
     }
     if std::fs::symlink_metadata(path).is_ok() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!("socket {} is already served by another process", path.display());
+            bail!(
+                "socket {} is already served by another process",
+                path.display()
+            );
         }
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;

@@ -123,14 +123,20 @@ impl Snapshots for SnapshotService {
         }))
     }
 
-    async fn commit(&self, req: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn commit(
+        &self,
+        req: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
         self.run(move |s| s.commit(&r.name, &r.key, labels(r.labels)))
             .await?;
         Ok(Response::new(()))
     }
 
-    async fn remove(&self, req: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
         self.run(move |s| s.remove(&r.key)).await?;
         Ok(Response::new(()))
@@ -231,7 +237,10 @@ impl Snapshots for SnapshotService {
     async fn cleanup(&self, _req: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
         let report = self.run(|s| s.cleanup()).await?;
         if report.removed > 0 {
-            tracing::info!(removed = report.removed, "cleanup removed snapshot directories");
+            tracing::info!(
+                removed = report.removed,
+                "cleanup removed snapshot directories"
+            );
         }
         Ok(Response::new(()))
     }

@@ -104,7 +104,8 @@ mod tests {
         std::fs::write(src.join("sub/f"), b"hello").unwrap();
         std::fs::hard_link(src.join("sub/f"), src.join("hl")).unwrap();
         std::os::unix::fs::symlink("sub/f", src.join("ln")).unwrap();
-        std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
         std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o555)).unwrap();
         sys::set_times(&src.join("sub"), (1, 0), (1_000_000, 5)).unwrap();
         copy_tree(&src, &dst).unwrap();
@@ -113,7 +114,10 @@ mod tests {
         let b = std::fs::metadata(dst.join("sub/f")).unwrap();
         assert_eq!(a.ino(), b.ino());
         assert_eq!(b.mode() & 0o7777, 0o4755);
-        assert_eq!(std::fs::read_link(dst.join("ln")).unwrap(), Path::new("sub/f"));
+        assert_eq!(
+            std::fs::read_link(dst.join("ln")).unwrap(),
+            Path::new("sub/f")
+        );
         let sub = std::fs::metadata(dst.join("sub")).unwrap();
         assert_eq!(sub.mode() & 0o7777, 0o555);
         assert_eq!((sub.mtime(), sub.mtime_nsec()), (1_000_000, 5));

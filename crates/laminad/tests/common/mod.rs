@@ -34,11 +34,22 @@ impl Daemon {
     /// Starts laminad with `backend` on a fresh root (under $LAMINA_TEST_DIR or /tmp).
     pub fn start(backend: &str) -> Daemon {
         require_root();
-        let base = std::env::var_os("LAMINA_TEST_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let dir = tempfile::Builder::new().prefix("laminad-test-").tempdir_in(base).expect("temp dir");
+        let base = std::env::var_os("LAMINA_TEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("laminad-test-")
+            .tempdir_in(base)
+            .expect("temp dir");
         let root = dir.path().join("root");
         let socket = dir.path().join("lamina.sock");
-        let mut d = Daemon { dir, root, socket, backend: backend.into(), child: None };
+        let mut d = Daemon {
+            dir,
+            root,
+            socket,
+            backend: backend.into(),
+            child: None,
+        };
         d.spawn();
         d
     }
@@ -79,10 +90,21 @@ impl Daemon {
         self.child = Some(child);
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("laminad exited with {status} before serving; log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "laminad exited with {status} before serving; log:\n{}",
+                    self.log()
+                );
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "laminad did not start; log:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "laminad did not start; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -110,13 +132,21 @@ impl Daemon {
 
     /// A connected client.
     pub async fn client(&self) -> SnapshotsClient<Channel> {
-        SnapshotsClient::new(lamina_proto::connect_unix(&self.socket).await.expect("connect"))
+        SnapshotsClient::new(
+            lamina_proto::connect_unix(&self.socket)
+                .await
+                .expect("connect"),
+        )
     }
 
     /// Snapshot directories currently on disk.
     pub fn snapshot_dirs(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.root.join("snapshots"))
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -130,7 +160,10 @@ impl Drop for Daemon {
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 pub async fn prepare(
@@ -139,9 +172,14 @@ pub async fn prepare(
     parent: &str,
     l: HashMap<String, String>,
 ) -> Result<Vec<lamina_proto::types::Mount>, tonic::Status> {
-    c.prepare(pb::PrepareSnapshotRequest { snapshotter: String::new(), key: key.into(), parent: parent.into(), labels: l })
-        .await
-        .map(|r| r.into_inner().mounts)
+    c.prepare(pb::PrepareSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: l,
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
 }
 
 pub async fn view(
@@ -149,36 +187,70 @@ pub async fn view(
     key: &str,
     parent: &str,
 ) -> Result<Vec<lamina_proto::types::Mount>, tonic::Status> {
-    c.view(pb::ViewSnapshotRequest { snapshotter: String::new(), key: key.into(), parent: parent.into(), labels: HashMap::new() })
-        .await
-        .map(|r| r.into_inner().mounts)
+    c.view(pb::ViewSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: HashMap::new(),
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
 }
 
-pub async fn commit(c: &mut SnapshotsClient<Channel>, name: &str, key: &str) -> Result<(), tonic::Status> {
-    c.commit(pb::CommitSnapshotRequest { snapshotter: String::new(), name: name.into(), key: key.into(), labels: HashMap::new() })
-        .await
-        .map(|_| ())
+pub async fn commit(
+    c: &mut SnapshotsClient<Channel>,
+    name: &str,
+    key: &str,
+) -> Result<(), tonic::Status> {
+    c.commit(pb::CommitSnapshotRequest {
+        snapshotter: String::new(),
+        name: name.into(),
+        key: key.into(),
+        labels: HashMap::new(),
+    })
+    .await
+    .map(|_| ())
 }
 
 pub async fn remove(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<(), tonic::Status> {
-    c.remove(pb::RemoveSnapshotRequest { snapshotter: String::new(), key: key.into() }).await.map(|_| ())
+    c.remove(pb::RemoveSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|_| ())
 }
 
 pub async fn stat(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<pb::Info, tonic::Status> {
-    c.stat(pb::StatSnapshotRequest { snapshotter: String::new(), key: key.into() })
-        .await
-        .map(|r| r.into_inner().info.expect("info"))
+    c.stat(pb::StatSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|r| r.into_inner().info.expect("info"))
 }
 
-pub async fn usage(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<(i64, i64), tonic::Status> {
-    c.usage(pb::UsageRequest { snapshotter: String::new(), key: key.into() })
-        .await
-        .map(|r| (r.get_ref().size, r.get_ref().inodes))
+pub async fn usage(
+    c: &mut SnapshotsClient<Channel>,
+    key: &str,
+) -> Result<(i64, i64), tonic::Status> {
+    c.usage(pb::UsageRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|r| (r.get_ref().size, r.get_ref().inodes))
 }
 
-pub async fn list(c: &mut SnapshotsClient<Channel>, filters: &[&str]) -> Result<Vec<pb::Info>, tonic::Status> {
+pub async fn list(
+    c: &mut SnapshotsClient<Channel>,
+    filters: &[&str],
+) -> Result<Vec<pb::Info>, tonic::Status> {
     let mut s = c
-        .list(pb::ListSnapshotsRequest { snapshotter: String::new(), filters: filters.iter().map(|f| f.to_string()).collect() })
+        .list(pb::ListSnapshotsRequest {
+            snapshotter: String::new(),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        })
         .await?
         .into_inner();
     let mut out = Vec::new();
@@ -189,11 +261,19 @@ pub async fn list(c: &mut SnapshotsClient<Channel>, filters: &[&str]) -> Result<
 }
 
 /// Mounts a mount list on `target` with Lamina's own mount code, runs `f`, unmounts.
-pub fn with_mounted<T>(mounts: &[lamina_proto::types::Mount], target: &Path, f: impl FnOnce(&Path) -> T) -> T {
+pub fn with_mounted<T>(
+    mounts: &[lamina_proto::types::Mount],
+    target: &Path,
+    f: impl FnOnce(&Path) -> T,
+) -> T {
     std::fs::create_dir_all(target).expect("mkdir target");
     let core: Vec<lamina_core::Mount> = mounts
         .iter()
-        .map(|m| lamina_core::Mount { kind: m.r#type.clone(), source: m.source.clone(), options: m.options.clone() })
+        .map(|m| lamina_core::Mount {
+            kind: m.r#type.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
         .collect();
     lamina_core::sys::mount_all(&core, target).expect("mount");
     let out = f(target);

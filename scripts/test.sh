@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (as root, on a fresh Debian machine):
+#   1. installs what it needs (scripts/deps.sh);
+#   2. cargo fmt --check, clippy -D warnings, cargo test (unit + integration tests that
+#      start real laminad processes and mount filesystems);
+#   3. containerd's snapshotter conformance suite against laminad: overlayfs backend,
+#      native backend, and a fresh laminad per subtest (CONFORMANCE_EXEC), both backends;
+#   4. e2e.sh: a real containerd with Lamina as its proxy plugin unpacks an image and runs
+#      containers, for both backends.
+# Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
+# ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
+# Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$(cd "$HERE/../shared" 2>/dev/null && pwd)}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/lamina-target}
+export CARGO_TERM_COLOR=never
+STATE=${LAMINA_TEST_STATE:-/var/tmp/lamina-test}
+passed=0; failed=0; failures=()
+step() { echo; echo "=== $* ==="; }
+record() { # record NAME EXIT_CODE
+  if [ "$2" -eq 0 ]; then passed=$((passed+1)); echo "--- ok: $1"; else failed=$((failed+1)); failures+=("$1"); echo "--- FAILED: $1"; fi
+}
+die() { echo "test.sh: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root: the tests mount filesystems and run containerd"
+[ -n "$SHARED" ] && [ -d "$SHARED/conformance" ] || die "shared/ not found beside the clone (set SHARED=)"
+bash "$HERE/scripts/deps.sh" || die "installing dependencies failed"
+
+# --- a fresh ext4 for everything the tests write ----------------------------------
+mkdir -p "$STATE"
+MNT=$STATE/mnt
+cleanup() {
+  [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null
+  if mountpoint -q "$MNT"; then
+    # unmount anything a failed test left mounted below, deepest first
+    grep " $MNT/" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    umount -l "$MNT"
+  fi
+  rm -f "$STATE/fs.img"
+}
+trap cleanup EXIT
+mountpoint -q "$MNT" && umount -l "$MNT"
+mkdir -p "$MNT"
+rm -f "$STATE/fs.img"
+truncate -s 8G "$STATE/fs.img"
+mkfs.ext4 -q -F "$STATE/fs.img" || die "mkfs.ext4 failed"
+mount -o loop "$STATE/fs.img" "$MNT" || die "loop mount failed"
+export LAMINA_TEST_DIR=$MNT/tests TMPDIR=$MNT/tmp
+mkdir -p "$LAMINA_TEST_DIR" "$TMPDIR"
+
+cd "$HERE"
+step "cargo fmt --check"; cargo fmt --all -- --check; record "rustfmt" $?
+step "cargo clippy -D warnings"; cargo clippy --workspace --all-targets --locked -- -D warnings; record "clippy" $?
+step "cargo build"; cargo build --workspace --locked; rc=$?; record "build" $rc
+[ $rc -eq 0 ] || { echo "$passed passed, $failed failed"; exit 1; }
+step "cargo test"; cargo test --workspace --locked 2>&1; record "cargo test" $?
+
+LAMINAD=$CARGO_TARGET_DIR/debug/laminad
+start_laminad() { # start_laminad BACKEND NAME
+  local root=$MNT/$2/root sock=$MNT/$2/lamina.sock
+  mkdir -p "$MNT/$2"
+  "$LAMINAD" --root "$root" --socket "$sock" --backend "$1" --log-level warn 2>"$MNT/$2/laminad.log" &
+  DPID=$!
+  for _ in $(seq 100); do [ -S "$sock" ] && return 0; sleep 0.1; done
+  cat "$MNT/$2/laminad.log"; return 1
+}
+stop_laminad() { kill "$DPID" && wait "$DPID"; local rc=$?; DPID=; return $rc; }
+
+export CONFORMANCE_TMPDIR=$MNT/conformance
+mkdir -p "$CONFORMANCE_TMPDIR"
+for backend in overlayfs native; do
+  step "containerd conformance suite, $backend backend, one daemon"
+  if start_laminad "$backend" "conf-$backend"; then
+    bash "$SHARED/conformance/run.sh" "$MNT/conf-$backend/lamina.sock" lamina 2>&1 | tail -25
+    rc=${PIPESTATUS[0]}
+    stop_laminad || rc=1
+  else rc=1; fi
+  record "conformance $backend" $rc
+
+  step "containerd conformance suite, $backend backend, fresh laminad per subtest"
+  CONFORMANCE_EXEC="$LAMINAD --root {root} --socket {socket} --backend $backend --log-level warn" \
+    bash "$SHARED/conformance/run.sh" - lamina 2>&1 | tail -25
+  record "conformance $backend (exec)" "${PIPESTATUS[0]}"
+
+  step "e2e: containerd 1.6 with Lamina ($backend) as proxy plugin"
+  if start_laminad "$backend" "e2e-$backend"; then
+    E2E_BASE=$MNT/e2e-$backend/ctd bash "$SHARED/conformance/e2e.sh" "$MNT/e2e-$backend/lamina.sock" lamina 2>&1 | tail -60
+    rc=${PIPESTATUS[0]}
+    stop_laminad || rc=1
+  else rc=1; fi
+  record "e2e $backend" $rc
+done
+
+echo
+[ "$failed" -eq 0 ] || printf 'failed suites: %s\n' "${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -48,7 +48,7 @@ busybox_layer() {
   mkdir -p "$d"/{bin,sbin,etc,root,tmp,proc,dev,usr/bin,usr/sbin,var/log}
   chmod 1777 "$d/tmp"; chmod 0700 "$d/root"
   cp "$bb" "$d/bin/busybox"
-  for applet in $("$bb" --list); do ln -sf busybox "$d/bin/$applet"; done
+  for applet in $("$bb" --list); do [ "$applet" = busybox ] || ln -sf busybox "$d/bin/$applet"; done
   printf 'root:x:0:0:root:/root:/bin/sh\n' >"$d/etc/passwd"
   printf 'root:x:0:\n' >"$d/etc/group"
   printf 'image layer 1: busybox\n' >"$d/etc/motd"

@@ -16,31 +16,9 @@ use crate::Output;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a writable snapshot KEY on committed PARENT; print its mounts.
-    Prepare {
-        /// New snapshot's key.
-        key: String,
-        /// Committed parent (empty for none).
-        parent: Option<String>,
-        /// Label KEY=VALUE (repeatable).
-        #[arg(long = "label", short = 'l')]
-        labels: Vec<String>,
-        /// Also mount the snapshot on this directory.
-        #[arg(long)]
-        target: Option<PathBuf>,
-    },
+    Prepare(CreateArgs),
     /// Create a read-only view KEY of committed PARENT; print its mounts.
-    View {
-        /// New view's key.
-        key: String,
-        /// Committed parent.
-        parent: Option<String>,
-        /// Label KEY=VALUE (repeatable).
-        #[arg(long = "label", short = 'l')]
-        labels: Vec<String>,
-        /// Also mount the view on this directory.
-        #[arg(long)]
-        target: Option<PathBuf>,
-    },
+    View(CreateArgs),
     /// Print the mounts of an active snapshot or view (as mount commands for TARGET).
     Mounts {
         /// Snapshot key.
@@ -107,6 +85,21 @@ pub enum Command {
     },
     /// Ask laminad to delete directories of removed snapshots.
     Cleanup,
+}
+
+/// Arguments shared by `prepare` and `view`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Key of the new snapshot.
+    key: String,
+    /// Committed parent (none: an empty snapshot).
+    parent: Option<String>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l')]
+    labels: Vec<String>,
+    /// Also mount it on this directory.
+    #[arg(long)]
+    target: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -279,6 +272,57 @@ fn mount_on(mounts: &[lamina_proto::types::Mount], target: &Path) -> anyhow::Res
         .with_context(|| format!("mounting on {}", target.display()))
 }
 
+/// Prepares (or, with `view`, views) a snapshot, mounts it if asked, prints its mounts.
+async fn create(
+    client: &mut SnapshotsClient<Channel>,
+    output: Output,
+    args: CreateArgs,
+    view: bool,
+) -> anyhow::Result<()> {
+    let (key, parent, labels) = (
+        args.key,
+        args.parent.unwrap_or_default(),
+        parse_labels(&args.labels)?,
+    );
+    let snapshotter = String::new();
+    let mounts = if view {
+        let req = pb::ViewSnapshotRequest {
+            snapshotter,
+            key,
+            parent,
+            labels,
+        };
+        client.view(req).await?.into_inner().mounts
+    } else {
+        let req = pb::PrepareSnapshotRequest {
+            snapshotter,
+            key,
+            parent,
+            labels,
+        };
+        client.prepare(req).await?.into_inner().mounts
+    };
+    if let Some(t) = &args.target {
+        mount_on(&mounts, t)?;
+    }
+    let target = args
+        .target
+        .map_or("TARGET".into(), |t| t.display().to_string());
+    print_mounts(output, mounts, &target)
+}
+
+/// The mounts of an existing active snapshot or view.
+async fn fetch_mounts(
+    client: &mut SnapshotsClient<Channel>,
+    key: String,
+) -> anyhow::Result<Vec<lamina_proto::types::Mount>> {
+    let req = pb::MountsRequest {
+        snapshotter: String::new(),
+        key,
+    };
+    Ok(client.mounts(req).await?.into_inner().mounts)
+}
+
 /// Runs one snapshot subcommand against the daemon at `socket`.
 pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<()> {
     let channel = lamina_proto::connect_unix(socket)
@@ -287,78 +331,12 @@ pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<
     let mut client = SnapshotsClient::new(channel);
     let sn = String::new;
     match cmd {
-        Command::Prepare {
-            key,
-            parent,
-            labels,
-            target,
-        } => {
-            let mounts = client
-                .prepare(pb::PrepareSnapshotRequest {
-                    snapshotter: sn(),
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: parse_labels(&labels)?,
-                })
-                .await?
-                .into_inner()
-                .mounts;
-            if let Some(t) = &target {
-                mount_on(&mounts, t)?;
-            }
-            print_mounts(
-                output,
-                mounts,
-                &target.map_or("TARGET".into(), |t| t.display().to_string()),
-            )
-        }
-        Command::View {
-            key,
-            parent,
-            labels,
-            target,
-        } => {
-            let mounts = client
-                .view(pb::ViewSnapshotRequest {
-                    snapshotter: sn(),
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: parse_labels(&labels)?,
-                })
-                .await?
-                .into_inner()
-                .mounts;
-            if let Some(t) = &target {
-                mount_on(&mounts, t)?;
-            }
-            print_mounts(
-                output,
-                mounts,
-                &target.map_or("TARGET".into(), |t| t.display().to_string()),
-            )
-        }
+        Command::Prepare(args) => create(&mut client, output, args, false).await,
+        Command::View(args) => create(&mut client, output, args, true).await,
         Command::Mounts { key, target } => {
-            let mounts = client
-                .mounts(pb::MountsRequest {
-                    snapshotter: sn(),
-                    key,
-                })
-                .await?
-                .into_inner()
-                .mounts;
-            print_mounts(output, mounts, &target)
+            print_mounts(output, fetch_mounts(&mut client, key).await?, &target)
         }
-        Command::Mount { key, target } => {
-            let mounts = client
-                .mounts(pb::MountsRequest {
-                    snapshotter: sn(),
-                    key,
-                })
-                .await?
-                .into_inner()
-                .mounts;
-            mount_on(&mounts, &target)
-        }
+        Command::Mount { key, target } => mount_on(&fetch_mounts(&mut client, key).await?, &target),
         Command::Umount { target } => lamina_core::sys::unmount(&target)
             .with_context(|| format!("unmounting {}", target.display())),
         Command::Commit { name, key, labels } => {

@@ -4,7 +4,7 @@
 # WHAT: the snapshot operations a container runtime drives, measured on the unix socket of
 #   - lamina : laminad --backend $BACKEND (this repo, release build)
 #   - refsnap: containerd 1.6's own overlayfs snapshotter served standalone on a socket
-#              (/work/shared/conformance/refsnap.sh -kind overlayfs)
+#              (../shared/conformance/refsnap.sh -kind overlayfs)
 #   ops: cycle = Prepare -> mount, write a 4 KiB file, umount -> Commit   (cycles/s)
 #        stat  = Stat of each committed snapshot
 #        walk  = Walk (List) of all snapshots: 2*N+1 of them (N commits + N views + base),
@@ -12,7 +12,7 @@
 #        remove= Remove of every view, then every commit
 #   (view, mounts, usage are measured on the way and reported below the goal rows.)
 #
-# HOW: the shared Go client /work/shared/bench/snapshot_ops (built by /work/shared/bench/build.sh
+# HOW: the shared Go client ../shared/bench/snapshot_ops (built by ../shared/bench/build.sh
 #   into $BENCH_STATE/bin) talks straight to each snapshotter's socket. Every run gets a freshly
 #   formatted, loop-mounted, journaled ext4 (shared lib.sh, BENCH_FS=loop; never /, whose
 #   no-journal ext4 slows file creation after deletes); the snapshotter root and the client's
@@ -38,8 +38,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-SHARED_BENCH=${SHARED_BENCH:-/work/shared/bench}
-REFSNAP_SH=${REFSNAP_SH:-/work/shared/conformance/refsnap.sh}
+SHARED=${SHARED:-$(cd "$REPO/../shared" && pwd)}
+SHARED_BENCH=${SHARED_BENCH:-$SHARED/bench}
+REFSNAP_SH=${REFSNAP_SH:-$SHARED/conformance/refsnap.sh}
 
 export BENCH_STATE=${BENCH_STATE:-/tmp/perf}
 export BENCH_BIN=${BENCH_BIN:-$BENCH_STATE/bin}

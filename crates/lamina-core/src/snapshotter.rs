@@ -290,6 +290,13 @@ impl Snapshotter {
         Ok(rec.info(&info.name))
     }
 
+    /// The usage recorded at commit, without touching the disk: `Some` for committed
+    /// snapshots, `None` for active snapshots and views (whose usage [`Self::usage`] computes).
+    pub fn recorded_usage(&self, key: &str) -> Result<Option<Usage>> {
+        let rec = self.get(key)?;
+        Ok(rec.usage.filter(|_| rec.kind == Kind::Committed))
+    }
+
     /// Disk usage of a snapshot, excluding its parents: computed now for active
     /// snapshots and views, as recorded at commit for committed ones.
     pub fn usage(&self, key: &str) -> Result<Usage> {

@@ -29,7 +29,15 @@ impl SnapshotService {
         SnapshotService { store }
     }
 
-    /// Runs `f` against the store on the blocking pool.
+    /// Runs `f` against the store right here, on the async worker. Only for calls that
+    /// read metadata and never touch the snapshot trees: a redb read is microseconds, far
+    /// less than the thread hand-off of the blocking pool.
+    fn read<T>(&self, f: impl FnOnce(&Snapshotter) -> lamina_core::Result<T>) -> Result<T, Status> {
+        f(&self.store).map_err(to_status)
+    }
+
+    /// Runs `f` against the store on the blocking pool: for calls that write (fsync) or
+    /// walk directory trees.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Snapshotter) -> lamina_core::Result<T> + Send + 'static,
@@ -117,7 +125,7 @@ impl Snapshots for SnapshotService {
         req: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = req.into_inner();
-        let mounts = self.run(move |s| s.mounts(&r.key)).await?;
+        let mounts = self.read(|s| s.mounts(&r.key))?;
         Ok(Response::new(pb::MountsResponse {
             mounts: mounts_to_pb(mounts),
         }))
@@ -147,7 +155,7 @@ impl Snapshots for SnapshotService {
         req: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = req.into_inner();
-        let info = self.run(move |s| s.stat(&r.key)).await?;
+        let info = self.read(|s| s.stat(&r.key))?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(info_to_pb(info)),
         }))
@@ -227,7 +235,10 @@ impl Snapshots for SnapshotService {
         req: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let r = req.into_inner();
-        let u = self.run(move |s| s.usage(&r.key)).await?;
+        let u = match self.read(|s| s.recorded_usage(&r.key))? {
+            Some(u) => u,
+            None => self.run(move |s| s.usage(&r.key)).await?,
+        };
         Ok(Response::new(pb::UsageResponse {
             size: u.size,
             inodes: u.inodes,

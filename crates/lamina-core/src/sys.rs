@@ -111,9 +111,20 @@ fn mount_overlay(m: &Mount, target: &Path) -> Result<()> {
     .map_err(|e| io_err("move overlay mount onto", target, e))
 }
 
-/// Unmounts `target` (one level).
+/// Unmounts `target` (one level). A mount can be busy for a moment after its last user
+/// closed it (e.g. a process forked between open and close holds the file until it execs),
+/// so EBUSY is retried for up to half a second before it is reported.
 pub fn unmount(target: &Path) -> Result<()> {
-    rustix::mount::unmount(target, UnmountFlags::empty()).map_err(|e| io_err("unmount", target, e))
+    let mut tries = 0;
+    loop {
+        match rustix::mount::unmount(target, UnmountFlags::empty()) {
+            Err(rustix::io::Errno::BUSY) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r.map_err(|e| io_err("unmount", target, e)),
+        }
+    }
 }
 
 /// Unmounts `target` lazily: detaches it now, frees it when no longer busy.

@@ -208,3 +208,60 @@ pub fn syncfs(path: &Path) -> Result<()> {
     let dir = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     rustix::fs::syncfs(&dir).map_err(|e| io_err("syncfs", path, e))
 }
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo), deepest first, so they can
+/// be detached before a tree is deleted: deleting through a mount would write outside
+/// Lamina's root.
+pub fn mount_points_under(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    let mut found: Vec<std::path::PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| std::path::PathBuf::from(unescape_mountinfo(field)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// Decodes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+fn unescape_mountinfo(field: &str) -> OsString {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(
+            unescape_mountinfo(r"/a\040b\134c"),
+            OsString::from("/a b\\c")
+        );
+        assert_eq!(
+            unescape_mountinfo(r"/plain\04"),
+            OsString::from(r"/plain\04")
+        );
+    }
+}

@@ -180,3 +180,29 @@ fn leftovers_are_cleaned_and_ids_never_reused() {
     );
     assert!(s.stat("keep").is_ok());
 }
+
+#[test]
+fn removing_a_snapshot_never_deletes_through_a_mount() {
+    require_root();
+    let t = tmp();
+    let s = open(t.path(), BackendKind::Native);
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), b"keep me").unwrap();
+    let mounts = s.prepare("rootfs", "", Labels::new()).unwrap();
+    // A mount that ended up inside the snapshot's tree, e.g. by propagation from a container.
+    let inside = Path::new(&mounts[0].source).join("proc");
+    std::fs::create_dir(&inside).unwrap();
+    let bind = lamina_core::Mount {
+        kind: "bind".into(),
+        source: outside.to_string_lossy().into_owned(),
+        options: vec!["rw".into(), "rbind".into()],
+    };
+    lamina_core::sys::mount_all(&[bind], &inside).unwrap();
+    s.remove("rootfs").unwrap();
+    assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep me");
+    assert!(
+        !Path::new(&mounts[0].source).exists(),
+        "snapshot directory removed"
+    );
+}

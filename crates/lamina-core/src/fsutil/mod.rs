@@ -10,8 +10,14 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Removes a directory tree; a tree that is already gone is not an error.
+/// Removes a directory tree; a tree that is already gone is not an error. Anything
+/// mounted inside it (a rootfs someone forgot, a bind that propagated in) is detached
+/// first, so the removal never reaches into another filesystem.
 pub fn remove_tree(path: &Path) -> Result<()> {
+    for mount_point in crate::sys::mount_points_under(path)? {
+        tracing::warn!(path = %mount_point.display(), "detaching a mount found inside a snapshot being removed");
+        crate::sys::unmount_detach(&mount_point)?;
+    }
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
+pub mod layer;
 pub mod lock;
 mod meta;
 pub mod model;

@@ -138,6 +138,38 @@ pub fn mknod(path: &Path, file_type: FileType, mode: u32, dev: u64) -> Result<()
         .map_err(|e| io_err("mknod", path, e))
 }
 
+/// Creates a device node or fifo `name` in the directory `dir` (no path resolution).
+pub fn mknod_at(
+    dir: impl std::os::fd::AsFd,
+    name: &std::ffi::OsStr,
+    file_type: FileType,
+    mode: u32,
+    dev: u64,
+) -> std::io::Result<()> {
+    rustix::fs::mknodat(dir, name, file_type, Mode::from_raw_mode(mode), dev).map_err(Into::into)
+}
+
+/// Sets an extended attribute on an open file or directory.
+pub fn set_xattr_fd(fd: impl std::os::fd::AsFd, name: &str, value: &[u8]) -> std::io::Result<()> {
+    rustix::fs::fsetxattr(fd, name, value, rustix::fs::XattrFlags::empty()).map_err(Into::into)
+}
+
+/// Sets an extended attribute on entry `name` of the directory `dir` without following
+/// a symlink at `name` (symlinks cannot be opened, so this goes through the directory's
+/// /proc/self/fd entry, which stays inside the already-resolved directory).
+pub fn set_xattr_at(
+    dir: impl std::os::fd::AsFd,
+    name: &std::ffi::OsStr,
+    xname: &str,
+    value: &[u8],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = Path::new("/proc/self/fd")
+        .join(dir.as_fd().as_raw_fd().to_string())
+        .join(name);
+    rustix::fs::lsetxattr(&path, xname, value, rustix::fs::XattrFlags::empty()).map_err(Into::into)
+}
+
 /// Lists the extended attribute names of `path` (not following symlinks).
 pub fn list_xattrs(path: &Path) -> Result<Vec<OsString>> {
     let mut buf = vec![0u8; 1024];

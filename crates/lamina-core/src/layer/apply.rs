@@ -1,0 +1,743 @@
+//! Applying one OCI layer: decompress, verify, and write each tar entry into the
+//! destination, translating whiteouts for the backend.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use tar::EntryType;
+
+use super::digest::{Digest, HashingReader};
+use super::root::{children, clean, join, remove_all_at, Root};
+use super::{Compression, LayerError};
+use crate::sys;
+
+/// What whiteouts become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutStyle {
+    /// overlayfs form, for a layer applied into its own upper directory: `.wh.NAME` becomes
+    /// a 0:0 character device, `.wh..wh..opq` the xattr `trusted.overlay.opaque=y`.
+    Overlay,
+    /// Real deletions, for a layer applied onto a full copy of its parent (native backend).
+    Delete,
+}
+
+/// Limits and expectations for one layer.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// How whiteouts are written.
+    pub whiteouts: WhiteoutStyle,
+    /// Refuse layers that decompress to more than this many bytes (decompression bombs).
+    pub max_uncompressed_bytes: u64,
+    /// Refuse layers with more entries than this.
+    pub max_entries: u64,
+    /// The digest of the blob as given (compressed), checked after the last byte.
+    pub expected_digest: Option<Digest>,
+    /// The digest of the uncompressed tar (the diffID), checked after the last byte.
+    pub expected_diff_id: Option<Digest>,
+    /// Directories of the lower layers, topmost first: a hard link to a file that lives
+    /// only in a lower layer copies that file up first, as overlayfs would.
+    pub lowers: Vec<PathBuf>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            whiteouts: WhiteoutStyle::Overlay,
+            max_uncompressed_bytes: 64 << 30,
+            max_entries: 10_000_000,
+            expected_digest: None,
+            expected_diff_id: None,
+            lowers: Vec::new(),
+        }
+    }
+}
+
+/// What applying a layer found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Digest of the blob as read (compressed).
+    pub digest: Digest,
+    /// Bytes of the blob as read.
+    pub compressed_size: u64,
+    /// Digest of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Bytes of the uncompressed tar stream.
+    pub size: u64,
+    /// Tar entries applied (whiteouts included).
+    pub entries: u64,
+}
+
+/// Refuses to read past a byte limit, remembering that it did.
+struct Limit<R> {
+    inner: R,
+    left: u64,
+    hit: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Limit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.hit.set(true);
+            return Err(std::io::Error::other("decompressed size limit exceeded"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Applies the layer read from `blob` into directory `dest`. Nothing is written outside
+/// `dest`. On error `dest` holds a partial layer: the caller discards it.
+pub fn apply_layer(
+    blob: impl Read,
+    dest: &Path,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport, LayerError> {
+    let mut blob = HashingReader::new(BufReader::with_capacity(256 << 10, blob));
+    let head = blob.get_mut().fill_buf().map_err(corrupt)?.to_vec();
+    let hit = Rc::new(Cell::new(false));
+    let (diff_id, size, entries) = {
+        let decoded: Box<dyn Read + '_> = match Compression::detect(&head) {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(&mut blob).map_err(corrupt)?)
+            }
+            Compression::None => Box::new(&mut blob),
+        };
+        let limit = Limit {
+            inner: decoded,
+            left: opts.max_uncompressed_bytes,
+            hit: hit.clone(),
+        };
+        let mut tar_stream = HashingReader::new(limit);
+        let result = Applier::new(dest, opts)?.run(&mut tar_stream);
+        let limited = |e: LayerError| {
+            if hit.get() {
+                LayerError::TooLarge {
+                    limit: opts.max_uncompressed_bytes,
+                }
+            } else {
+                e
+            }
+        };
+        let entries = result.map_err(limited)?;
+        let (diff_id, size) = tar_stream.finish().map_err(corrupt).map_err(limited)?;
+        (diff_id, size, entries)
+    };
+    let (digest, compressed_size) = blob.finish().map_err(corrupt)?;
+    if let Some(expected) = &opts.expected_digest {
+        if *expected != digest {
+            return Err(LayerError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+    }
+    if let Some(expected) = &opts.expected_diff_id {
+        if *expected != diff_id {
+            return Err(LayerError::DigestMismatch {
+                expected: expected.clone(),
+                actual: diff_id,
+            });
+        }
+    }
+    Ok(ApplyReport {
+        digest,
+        compressed_size,
+        diff_id,
+        size,
+        entries,
+    })
+}
+
+fn corrupt(e: std::io::Error) -> LayerError {
+    LayerError::Corrupt(e.to_string())
+}
+
+impl<R: Read> HashingReader<BufReader<R>> {
+    fn get_mut(&mut self) -> &mut BufReader<R> {
+        self.inner_mut()
+    }
+}
+
+/// Per-entry metadata gathered from the header and PAX records.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timespec,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+struct Applier<'o> {
+    root: Root,
+    opts: &'o ApplyOptions,
+    /// Paths this layer created, for opaque directories in delete style.
+    created: HashSet<Vec<OsString>>,
+    /// Directory mtimes, set last because creating children changes them.
+    dir_times: Vec<(Vec<OsString>, Timespec)>,
+}
+
+impl<'o> Applier<'o> {
+    fn new(dest: &Path, opts: &'o ApplyOptions) -> Result<Self, LayerError> {
+        Ok(Applier {
+            root: Root::open(dest)?,
+            opts,
+            created: HashSet::new(),
+            dir_times: Vec::new(),
+        })
+    }
+
+    fn run(mut self, stream: &mut impl Read) -> Result<u64, LayerError> {
+        let mut archive = tar::Archive::new(stream);
+        let mut count = 0u64;
+        for entry in archive.entries().map_err(corrupt)? {
+            let mut entry = entry.map_err(corrupt)?;
+            count += 1;
+            if count > self.opts.max_entries {
+                return Err(LayerError::TooManyEntries {
+                    limit: self.opts.max_entries,
+                });
+            }
+            let path = entry.path().map_err(corrupt)?.into_owned();
+            self.entry(&path, &mut entry)?;
+        }
+        for (comps, mtime) in std::mem::take(&mut self.dir_times).into_iter().rev() {
+            if let Some(fd) = self.root.dir(&comps, false)? {
+                let t = Timestamps {
+                    last_access: mtime,
+                    last_modification: mtime,
+                };
+                rustix::fs::utimensat(fd, ".", &t, AtFlags::empty())
+                    .map_err(|e| io_err("set times", &comps, e))?;
+            }
+        }
+        Ok(count)
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        path: &Path,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(), LayerError> {
+        let comps = clean(path);
+        let kind = entry.header().entry_type();
+        let meta = meta(entry).map_err(|reason| bad(path, reason))?;
+        let Some((name, parent)) = comps.split_last() else {
+            // "./" itself: only its attributes can change.
+            if kind == EntryType::Directory {
+                let fd = self
+                    .root
+                    .fd()
+                    .try_clone()
+                    .map_err(|e| std_io("open", &comps, e))?;
+                let dir = reopen_dir(&fd, OsStr::new("."), &comps)?;
+                self.set_meta_fd(&dir, &meta, &comps)?;
+                self.dir_times.push((comps, meta.mtime));
+            }
+            return Ok(());
+        };
+        let raw = name.as_bytes();
+        if raw == b".wh..wh..opq" {
+            return self.opaque(parent);
+        }
+        if let Some(hidden) = raw.strip_prefix(b".wh.") {
+            if hidden.starts_with(b".wh.") {
+                return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.): nothing to apply
+            }
+            return self.whiteout(parent, OsStr::from_bytes(hidden));
+        }
+        match kind {
+            EntryType::Directory => self.directory(&comps, &meta),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.regular(&comps, &meta, entry)
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(corrupt)?
+                    .ok_or_else(|| bad(path, "symlink without a target".into()))?
+                    .into_owned();
+                self.symlink(&comps, &target, &meta)
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(corrupt)?
+                    .ok_or_else(|| bad(path, "hard link without a target".into()))?;
+                self.hard_link(&comps, &clean(&target))
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let ft = match kind {
+                    EntryType::Char => FileType::CharacterDevice,
+                    EntryType::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let dev = if ft == FileType::Fifo {
+                    0 // device fields of a fifo are often left blank
+                } else {
+                    let h = entry.header();
+                    let major = h.device_major().map_err(corrupt)?.unwrap_or(0);
+                    let minor = h.device_minor().map_err(corrupt)?.unwrap_or(0);
+                    rustix::fs::makedev(major, minor)
+                };
+                self.special(&comps, ft, dev, &meta)
+            }
+            EntryType::XGlobalHeader => Ok(()),
+            other => Err(bad(path, format!("unsupported entry type {other:?}"))),
+        }
+    }
+
+    /// Clears the way for a new non-directory (or directory over a non-directory) at
+    /// `name`, returning the parent directory.
+    fn replace(&mut self, comps: &[OsString], keep_dir: bool) -> Result<OwnedFd, LayerError> {
+        let (name, parent) = comps.split_last().expect("non-empty path");
+        let dir = self
+            .root
+            .dir(parent, true)?
+            .expect("created")
+            .try_clone()
+            .map_err(|e| std_io("open", parent, e))?;
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if keep_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(_) => {
+                remove_all_at(&dir, name).map_err(|e| io_err("replace", comps, e))?;
+                self.root.invalidate();
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_err("stat", comps, e)),
+        }
+        self.created.insert(comps.to_vec());
+        Ok(dir)
+    }
+
+    fn directory(&mut self, comps: &[OsString], meta: &Meta) -> Result<(), LayerError> {
+        let parent = self.replace(comps, true)?;
+        let name = comps.last().expect("non-empty path");
+        match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_err("mkdir", comps, e)),
+        }
+        let dir = reopen_dir(&parent, name, comps)?;
+        self.set_meta_fd(&dir, meta, comps)?;
+        self.dir_times.push((comps.to_vec(), meta.mtime));
+        Ok(())
+    }
+
+    fn regular<R: Read>(
+        &mut self,
+        comps: &[OsString],
+        meta: &Meta,
+        data: &mut R,
+    ) -> Result<(), LayerError> {
+        let parent = self.replace(comps, false)?;
+        let name = comps.last().expect("non-empty path");
+        let fd = rustix::fs::openat(
+            &parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_err("create", comps, e))?;
+        let mut file = File::from(fd);
+        write_sparse(&mut file, data).map_err(|e| match e {
+            WriteError::Read(e) => corrupt(e),
+            WriteError::Write(e) => LayerError::Io {
+                op: "write",
+                path: join(comps),
+                source: e,
+            },
+        })?;
+        self.set_meta_fd(&file, meta, comps)?;
+        let t = Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        };
+        rustix::fs::futimens(&file, &t).map_err(|e| io_err("set times", comps, e))
+    }
+
+    fn symlink(
+        &mut self,
+        comps: &[OsString],
+        target: &Path,
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        let parent = self.replace(comps, false)?;
+        let name = comps.last().expect("non-empty path");
+        rustix::fs::symlinkat(target, &parent, name).map_err(|e| io_err("symlink", comps, e))?;
+        self.root.invalidate(); // a symlink may now stand where a cached directory was
+        self.set_meta_at(&parent, name, meta, comps, false)
+    }
+
+    fn special(
+        &mut self,
+        comps: &[OsString],
+        ft: FileType,
+        dev: u64,
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        let parent = self.replace(comps, false)?;
+        let name = comps.last().expect("non-empty path");
+        sys::mknod_at(&parent, name, ft, meta.mode, dev).map_err(|e| LayerError::Io {
+            op: "mknod",
+            path: join(comps),
+            source: e,
+        })?;
+        self.set_meta_at(&parent, name, meta, comps, true)
+    }
+
+    fn hard_link(&mut self, comps: &[OsString], target: &[OsString]) -> Result<(), LayerError> {
+        let Some((tname, tparent)) = target.split_last() else {
+            return Err(bad(&join(comps), "hard link to the root directory".into()));
+        };
+        if !self.exists(target)? {
+            self.copy_up(target)?;
+        }
+        let src = self
+            .root
+            .dir(tparent, false)?
+            .ok_or_else(|| {
+                bad(
+                    &join(comps),
+                    format!("hard link to missing {:?}", join(target)),
+                )
+            })?
+            .try_clone()
+            .map_err(|e| std_io("open", tparent, e))?;
+        if comps == target {
+            return Ok(());
+        }
+        let parent = self.replace(comps, false)?;
+        let name = comps.last().expect("non-empty path");
+        rustix::fs::linkat(&src, tname, &parent, name, AtFlags::empty()).map_err(|e| match e {
+            rustix::io::Errno::NOENT => bad(
+                &join(comps),
+                format!("hard link to missing {:?}", join(target)),
+            ),
+            e => io_err("link", comps, e),
+        })
+    }
+
+    fn exists(&mut self, comps: &[OsString]) -> Result<bool, LayerError> {
+        let (name, parent) = comps.split_last().expect("non-empty path");
+        Ok(match self.root.dir(parent, false)? {
+            Some(dir) => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok(),
+            None => false,
+        })
+    }
+
+    /// Copies a file that exists only in a lower layer into this one, as overlayfs copies
+    /// up a file before linking to it.
+    fn copy_up(&mut self, comps: &[OsString]) -> Result<(), LayerError> {
+        for lower in &self.opts.lowers {
+            let mut lroot = Root::open(lower)?;
+            let (name, parent) = comps.split_last().expect("non-empty path");
+            let Some(ldir) = lroot.dir(parent, false)? else {
+                continue;
+            };
+            let Ok(st) = rustix::fs::statat(ldir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0 {
+                break; // whited out in this lower layer: nothing below is visible
+            }
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                return Err(bad(
+                    &join(comps),
+                    "hard link to a lower-layer entry that is not a regular file".into(),
+                ));
+            }
+            let src = rustix::fs::openat(
+                ldir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err("open lower", comps, e))?;
+            let meta = Meta {
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mtime: Timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+                xattrs: Vec::new(),
+            };
+            return self.regular(comps, &meta, &mut File::from(src));
+        }
+        Err(bad(
+            &join(comps),
+            "hard link target exists in no layer".into(),
+        ))
+    }
+
+    fn whiteout(&mut self, parent: &[OsString], hidden: &OsStr) -> Result<(), LayerError> {
+        let mut comps = parent.to_vec();
+        comps.push(hidden.to_owned());
+        match self.opts.whiteouts {
+            WhiteoutStyle::Overlay => {
+                let dir = self.replace(&comps, false)?;
+                self.created.remove(&comps);
+                sys::mknod_at(&dir, hidden, FileType::CharacterDevice, 0, 0).map_err(|e| {
+                    LayerError::Io {
+                        op: "mknod whiteout",
+                        path: join(&comps),
+                        source: e,
+                    }
+                })
+            }
+            WhiteoutStyle::Delete => {
+                if let Some(dir) = self.root.dir(parent, false)? {
+                    remove_all_at(dir, hidden).map_err(|e| io_err("whiteout", &comps, e))?;
+                    self.root.invalidate();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn opaque(&mut self, parent: &[OsString]) -> Result<(), LayerError> {
+        let dir = self
+            .root
+            .dir(parent, true)?
+            .expect("created")
+            .try_clone()
+            .map_err(|e| std_io("open", parent, e))?;
+        match self.opts.whiteouts {
+            WhiteoutStyle::Overlay => {
+                let d = reopen_dir(&dir, OsStr::new("."), parent)?;
+                sys::set_xattr_fd(&d, "trusted.overlay.opaque", b"y").map_err(|e| LayerError::Io {
+                    op: "mark opaque",
+                    path: join(parent),
+                    source: e,
+                })
+            }
+            WhiteoutStyle::Delete => {
+                for child in children(&dir).map_err(|e| io_err("list", parent, e))? {
+                    let mut c = parent.to_vec();
+                    c.push(child.clone());
+                    if !self.created.contains(&c) {
+                        remove_all_at(&dir, &child).map_err(|e| io_err("opaque", &c, e))?;
+                    }
+                }
+                self.root.invalidate();
+                Ok(())
+            }
+        }
+    }
+
+    /// Owner, then mode (chown clears setuid), then xattrs, on an open file or directory.
+    fn set_meta_fd(
+        &self,
+        fd: impl AsFd,
+        meta: &Meta,
+        comps: &[OsString],
+    ) -> Result<(), LayerError> {
+        let fd = fd.as_fd();
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::process::Uid::from_raw(meta.uid)),
+            Some(rustix::process::Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| io_err("chown", comps, e))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| io_err("chmod", comps, e))?;
+        for (k, v) in &meta.xattrs {
+            sys::set_xattr_fd(fd, k, v).map_err(|e| LayerError::Io {
+                op: "setxattr",
+                path: join(comps),
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The same for entries that cannot be opened (symlinks, devices, fifos), plus times.
+    fn set_meta_at(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+        comps: &[OsString],
+        chmod: bool,
+    ) -> Result<(), LayerError> {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::process::Uid::from_raw(meta.uid)),
+            Some(rustix::process::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err("chown", comps, e))?;
+        if chmod {
+            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(|e| io_err("chmod", comps, e))?;
+        }
+        for (k, v) in &meta.xattrs {
+            sys::set_xattr_at(dir, name, k, v).map_err(|e| LayerError::Io {
+                op: "setxattr",
+                path: join(comps),
+                source: e,
+            })?;
+        }
+        let t = Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        };
+        rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err("set times", comps, e))
+    }
+}
+
+fn reopen_dir(parent: &OwnedFd, name: &OsStr, comps: &[OsString]) -> Result<OwnedFd, LayerError> {
+    rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open directory", comps, e))
+}
+
+fn io_err(op: &'static str, comps: &[OsString], e: rustix::io::Errno) -> LayerError {
+    LayerError::Io {
+        op,
+        path: join(comps),
+        source: e.into(),
+    }
+}
+
+fn std_io(op: &'static str, comps: &[OsString], e: std::io::Error) -> LayerError {
+    LayerError::Io {
+        op,
+        path: join(comps),
+        source: e,
+    }
+}
+
+fn bad(path: &Path, reason: String) -> LayerError {
+    LayerError::BadEntry {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads owner, mode, mtime (with PAX sub-second precision) and PAX xattrs of an entry.
+/// `trusted.overlay.*` xattrs are dropped: a layer must not steer overlayfs itself.
+fn meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
+    let h = entry.header();
+    let mut m = Meta {
+        mode: h.mode().map_err(|e| e.to_string())? & 0o7777,
+        uid: h.uid().map_err(|e| e.to_string())? as u32,
+        gid: h.gid().map_err(|e| e.to_string())? as u32,
+        mtime: Timespec {
+            tv_sec: h.mtime().map_err(|e| e.to_string())? as i64,
+            tv_nsec: 0,
+        },
+        xattrs: Vec::new(),
+    };
+    let mut pax: HashMap<String, Vec<u8>> = HashMap::new();
+    if let Some(exts) = entry.pax_extensions().map_err(|e| e.to_string())? {
+        for ext in exts {
+            let ext = ext.map_err(|e| e.to_string())?;
+            let key = ext.key().map_err(|e| e.to_string())?.to_owned();
+            pax.insert(key, ext.value_bytes().to_vec());
+        }
+    }
+    for (key, value) in pax {
+        let text = || String::from_utf8_lossy(&value).into_owned();
+        match key.as_str() {
+            "uid" => {
+                m.uid = text()
+                    .parse()
+                    .map_err(|_| format!("bad PAX uid {:?}", text()))?
+            }
+            "gid" => {
+                m.gid = text()
+                    .parse()
+                    .map_err(|_| format!("bad PAX gid {:?}", text()))?
+            }
+            "mtime" => {
+                m.mtime = pax_time(&text()).ok_or_else(|| format!("bad PAX mtime {:?}", text()))?
+            }
+            k => {
+                if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
+                    if !name.starts_with("trusted.overlay.") {
+                        m.xattrs.push((name.to_owned(), value));
+                    }
+                }
+            }
+        }
+    }
+    m.xattrs.sort();
+    Ok(m)
+}
+
+/// Parses a PAX time: seconds, optionally with a fraction (`1700000000.123456789`).
+fn pax_time(s: &str) -> Option<Timespec> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let tv_sec: i64 = secs.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let mut nsec: i64 = digits.parse().ok()?;
+    if tv_sec < 0 && nsec > 0 {
+        nsec = -nsec;
+    }
+    Some(Timespec {
+        tv_sec,
+        tv_nsec: nsec as _,
+    })
+}
+
+enum WriteError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies `data` into `file`, seeking over all-zero blocks instead of writing them so
+/// that sparse files stay sparse.
+fn write_sparse(file: &mut File, data: &mut impl Read) -> Result<(), WriteError> {
+    const BLOCK: usize = 64 << 10;
+    let mut buf = vec![0u8; BLOCK];
+    let mut len = 0u64;
+    let mut pending_hole = false;
+    loop {
+        let mut filled = 0;
+        while filled < BLOCK {
+            match data.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(WriteError::Read(e)),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        let chunk = &buf[..filled];
+        if filled == BLOCK && chunk.iter().all(|b| *b == 0) {
+            file.seek(SeekFrom::Current(BLOCK as i64))
+                .map_err(WriteError::Write)?;
+            pending_hole = true;
+        } else {
+            file.write_all(chunk).map_err(WriteError::Write)?;
+            pending_hole = false;
+        }
+        len += filled as u64;
+    }
+    if pending_hole {
+        file.set_len(len).map_err(WriteError::Write)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! The layer applier against well-formed and hostile layers. Runs as root (owners,
+//! device nodes, trusted xattrs).
+
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use lamina_core::layer::{apply_layer, ApplyOptions, Digest, LayerError, WhiteoutStyle};
+use tar::{Builder, EntryType, Header};
+
+fn require_root() {
+    let uid = rustix::process::geteuid();
+    assert!(
+        uid.is_root(),
+        "layer tests set owners and create devices: run as root (uid {})",
+        uid.as_raw()
+    );
+}
+
+fn tmp() -> tempfile::TempDir {
+    let base = std::env::var_os("LAMINA_TEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("lamina-layer-test-")
+        .tempdir_in(base)
+        .unwrap()
+}
+
+fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(1000);
+    h.set_gid(1001);
+    h.set_mtime(1_600_000_000);
+    h
+}
+
+fn file(b: &mut Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
+    let mut h = header(EntryType::Regular, mode, data.len() as u64);
+    b.append_data(&mut h, path, data).unwrap();
+}
+
+fn dir(b: &mut Builder<Vec<u8>>, path: &str, mode: u32) {
+    let mut h = header(EntryType::Directory, mode, 0);
+    b.append_data(&mut h, path, &[][..]).unwrap();
+}
+
+fn link(b: &mut Builder<Vec<u8>>, kind: EntryType, path: &str, target: &str) {
+    let mut h = header(kind, 0o777, 0);
+    b.append_link(&mut h, path, target).unwrap();
+}
+
+/// Appends an entry whose name is written raw into the header, bypassing the tar crate's
+/// refusal of `..` (hostile layers do not ask for permission).
+fn raw(b: &mut Builder<Vec<u8>>, kind: EntryType, name: &str, target: &str, data: &[u8]) {
+    let mut h = header(kind, 0o644, data.len() as u64);
+    let bytes = h.as_old_mut();
+    bytes.name[..name.len()].copy_from_slice(name.as_bytes());
+    bytes.linkname[..target.len()].copy_from_slice(target.as_bytes());
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+fn apply(
+    tar: &[u8],
+    dest: &Path,
+    opts: &ApplyOptions,
+) -> Result<lamina_core::layer::ApplyReport, LayerError> {
+    apply_layer(tar, dest, opts)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 3).unwrap()
+}
+
+fn every_entry_type() -> Vec<u8> {
+    let mut b = Builder::new(Vec::new());
+    dir(&mut b, "etc/", 0o755);
+    file(&mut b, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644);
+    file(&mut b, "bin/su", b"#!setuid", 0o4755);
+    dir(&mut b, "tmp/", 0o1777);
+    link(
+        &mut b,
+        EntryType::Symlink,
+        "etc/localtime",
+        "/usr/share/zoneinfo/UTC",
+    );
+    link(&mut b, EntryType::Link, "etc/passwd-hardlink", "etc/passwd");
+    let long = format!("deep/{}/file", "n".repeat(150));
+    file(&mut b, &long, b"long name", 0o600);
+    let mut h = header(EntryType::Char, 0o666, 0);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    b.append_data(&mut h, "dev/null", &[][..]).unwrap();
+    let mut h = header(EntryType::Block, 0o660, 0);
+    h.set_device_major(7).unwrap();
+    h.set_device_minor(0).unwrap();
+    b.append_data(&mut h, "dev/loop0", &[][..]).unwrap();
+    let mut h = header(EntryType::Fifo, 0o600, 0);
+    b.append_data(&mut h, "run/fifo", &[][..]).unwrap();
+    // PAX: an xattr and a sub-second mtime.
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.origin", &b"lamina"[..]),
+        ("mtime", &b"1600000000.123456789"[..]),
+    ])
+    .unwrap();
+    file(&mut b, "etc/with-xattr", b"x", 0o644);
+    let mut sparse = vec![0u8; 1 << 20];
+    sparse[(1 << 20) - 1] = 1;
+    file(&mut b, "var/sparse", &sparse, 0o644);
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn applies_every_entry_type_identically_from_tar_gzip_and_zstd() {
+    require_root();
+    let tar = every_entry_type();
+    let mut reports = Vec::new();
+    for (label, blob) in [
+        ("tar", tar.clone()),
+        ("gzip", gzip(&tar)),
+        ("zstd", zstd(&tar)),
+    ] {
+        let t = tmp();
+        let r = apply(&blob, t.path(), &ApplyOptions::default())
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let p = t.path();
+        assert_eq!(
+            std::fs::read(p.join("etc/passwd")).unwrap(),
+            b"root:x:0:0::/root:/bin/sh\n"
+        );
+        let su = std::fs::metadata(p.join("bin/su")).unwrap();
+        assert_eq!(su.mode() & 0o7777, 0o4755, "{label}: setuid kept");
+        assert_eq!((su.uid(), su.gid()), (1000, 1001), "{label}: owner");
+        assert_eq!(
+            std::fs::metadata(p.join("tmp")).unwrap().mode() & 0o7777,
+            0o1777,
+            "{label}: sticky"
+        );
+        assert_eq!(
+            std::fs::read_link(p.join("etc/localtime")).unwrap(),
+            Path::new("/usr/share/zoneinfo/UTC")
+        );
+        let a = std::fs::metadata(p.join("etc/passwd")).unwrap();
+        let b = std::fs::metadata(p.join("etc/passwd-hardlink")).unwrap();
+        assert_eq!(a.ino(), b.ino(), "{label}: hard link");
+        assert_eq!(
+            std::fs::read(p.join(format!("deep/{}/file", "n".repeat(150)))).unwrap(),
+            b"long name"
+        );
+        let null = std::fs::symlink_metadata(p.join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+        assert!(std::fs::symlink_metadata(p.join("dev/loop0"))
+            .unwrap()
+            .file_type()
+            .is_block_device());
+        assert!(std::fs::symlink_metadata(p.join("run/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let x = std::fs::metadata(p.join("etc/with-xattr")).unwrap();
+        assert_eq!(
+            (x.mtime(), x.mtime_nsec()),
+            (1_600_000_000, 123_456_789),
+            "{label}: PAX mtime"
+        );
+        let v =
+            lamina_core::sys::get_xattr(&p.join("etc/with-xattr"), &"user.origin".into()).unwrap();
+        assert_eq!(v.as_deref(), Some(&b"lamina"[..]), "{label}: xattr");
+        let etc = std::fs::metadata(p.join("etc")).unwrap();
+        assert_eq!(
+            etc.mtime(),
+            1_600_000_000,
+            "{label}: directory mtime set after its children"
+        );
+        let sparse = std::fs::metadata(p.join("var/sparse")).unwrap();
+        assert_eq!(sparse.len(), 1 << 20);
+        assert!(sparse.blocks() * 512 < (1 << 19), "{label}: holes kept");
+        reports.push(r);
+    }
+    assert_eq!(reports[0].diff_id, Digest::of(&tar));
+    assert!(reports
+        .iter()
+        .all(|r| r.diff_id == reports[0].diff_id && r.size == tar.len() as u64));
+    assert_ne!(
+        reports[1].digest, reports[1].diff_id,
+        "digest is of the compressed blob"
+    );
+}
+
+#[test]
+fn overlay_whiteouts_become_devices_and_opaque_xattrs() {
+    require_root();
+    let t = tmp();
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "etc/.wh.shadow", b"", 0o644);
+    dir(&mut b, "opq/", 0o755);
+    file(&mut b, "opq/.wh..wh..opq", b"", 0o644);
+    file(&mut b, "opq/new", b"n", 0o644);
+    file(&mut b, ".wh..wh.plnk", b"", 0o644);
+    let r = apply(&b.into_inner().unwrap(), t.path(), &ApplyOptions::default()).unwrap();
+    let wh = std::fs::symlink_metadata(t.path().join("etc/shadow")).unwrap();
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout is a 0:0 char device"
+    );
+    let opq = lamina_core::sys::get_xattr(&t.path().join("opq"), &"trusted.overlay.opaque".into())
+        .unwrap();
+    assert_eq!(opq.as_deref(), Some(&b"y"[..]));
+    assert!(t.path().join("opq/new").exists());
+    assert!(!t.path().join(".wh..wh.plnk").exists());
+    assert_eq!(r.entries, 5);
+}
+
+#[test]
+fn delete_style_whiteouts_remove_lower_content() {
+    require_root();
+    let t = tmp();
+    let p = t.path();
+    std::fs::create_dir_all(p.join("gone/sub")).unwrap();
+    std::fs::write(p.join("gone/sub/f"), b"x").unwrap();
+    std::fs::create_dir_all(p.join("opq")).unwrap();
+    std::fs::write(p.join("opq/old"), b"old").unwrap();
+    std::fs::write(p.join("keep"), b"k").unwrap();
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, ".wh.gone", b"", 0o644);
+    file(&mut b, "opq/new-before", b"1", 0o644);
+    file(&mut b, "opq/.wh..wh..opq", b"", 0o644);
+    file(&mut b, "opq/new-after", b"2", 0o644);
+    let opts = ApplyOptions {
+        whiteouts: WhiteoutStyle::Delete,
+        ..Default::default()
+    };
+    apply(&b.into_inner().unwrap(), p, &opts).unwrap();
+    assert!(!p.join("gone").exists());
+    assert!(
+        !p.join("opq/old").exists(),
+        "opaque dir hides lower content"
+    );
+    assert!(
+        p.join("opq/new-before").exists() && p.join("opq/new-after").exists(),
+        "this layer's entries stay"
+    );
+    assert!(p.join("keep").exists());
+}
+
+#[test]
+fn hard_link_to_a_lower_layer_file_copies_it_up() {
+    require_root();
+    let t = tmp();
+    let lower = t.path().join("lower");
+    let upper = t.path().join("upper");
+    std::fs::create_dir_all(lower.join("usr/bin")).unwrap();
+    std::fs::write(lower.join("usr/bin/python3.11"), b"ELF").unwrap();
+    std::fs::create_dir(&upper).unwrap();
+    let mut b = Builder::new(Vec::new());
+    link(
+        &mut b,
+        EntryType::Link,
+        "usr/bin/python3",
+        "usr/bin/python3.11",
+    );
+    let opts = ApplyOptions {
+        lowers: vec![lower.clone()],
+        ..Default::default()
+    };
+    apply(&b.into_inner().unwrap(), &upper, &opts).unwrap();
+    let a = std::fs::metadata(upper.join("usr/bin/python3")).unwrap();
+    let c = std::fs::metadata(upper.join("usr/bin/python3.11")).unwrap();
+    assert_eq!(a.ino(), c.ino());
+    assert_eq!(
+        std::fs::read(upper.join("usr/bin/python3")).unwrap(),
+        b"ELF"
+    );
+}
+
+/// A layer that tries to write outside its root in every way a tar allows.
+#[test]
+fn hostile_paths_stay_inside_the_root() {
+    require_root();
+    let t = tmp();
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    let dest = t.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let before: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    let out = outside.to_str().unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dot-dot file", {
+            let mut b = Builder::new(Vec::new());
+            raw(&mut b, EntryType::Regular, "../outside/evil", "", b"x");
+            b.into_inner().unwrap()
+        }),
+        ("absolute file", {
+            let mut b = Builder::new(Vec::new());
+            raw(&mut b, EntryType::Regular, &format!("{out}/evil"), "", b"x");
+            b.into_inner().unwrap()
+        }),
+        ("through absolute symlink", {
+            let mut b = Builder::new(Vec::new());
+            link(&mut b, EntryType::Symlink, "esc", out);
+            raw(&mut b, EntryType::Regular, "esc/evil", "", b"x");
+            b.into_inner().unwrap()
+        }),
+        ("through relative symlink", {
+            let mut b = Builder::new(Vec::new());
+            link(&mut b, EntryType::Symlink, "esc2", "../../../../outside");
+            raw(&mut b, EntryType::Regular, "esc2/evil", "", b"x");
+            b.into_inner().unwrap()
+        }),
+        ("symlink then overwrite target", {
+            let mut b = Builder::new(Vec::new());
+            link(&mut b, EntryType::Symlink, "s", &format!("{out}/secret"));
+            raw(&mut b, EntryType::Regular, "s", "", b"pwned");
+            b.into_inner().unwrap()
+        }),
+        ("dir symlink then whiteout", {
+            let mut b = Builder::new(Vec::new());
+            link(&mut b, EntryType::Symlink, "d", out);
+            raw(&mut b, EntryType::Regular, "d/.wh.secret", "", b"");
+            b.into_inner().unwrap()
+        }),
+    ];
+    for (label, tar) in cases {
+        for style in [WhiteoutStyle::Overlay, WhiteoutStyle::Delete] {
+            let opts = ApplyOptions {
+                whiteouts: style,
+                ..Default::default()
+            };
+            let _ = apply(&tar, &dest, &opts);
+            assert_eq!(
+                std::fs::read(outside.join("secret")).unwrap(),
+                b"secret",
+                "{label}: secret untouched"
+            );
+            assert!(
+                !outside.join("evil").exists(),
+                "{label}: nothing written outside"
+            );
+            let now: Vec<_> = std::fs::read_dir(t.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(now, before, "{label}: nothing created beside the root");
+        }
+    }
+    // Hard links whose target lies outside are refused with a clear error.
+    for target in ["../outside/secret", &format!("{out}/secret")] {
+        let mut b = Builder::new(Vec::new());
+        raw(&mut b, EntryType::Link, "hl", target, b"");
+        let e = apply(&b.into_inner().unwrap(), &dest, &ApplyOptions::default()).unwrap_err();
+        assert!(matches!(e, LayerError::BadEntry { .. }), "{target}: {e}");
+    }
+    let mut b = Builder::new(Vec::new());
+    link(&mut b, EntryType::Symlink, "o", out);
+    raw(&mut b, EntryType::Link, "hl2", "o/secret", b"");
+    let e = apply(&b.into_inner().unwrap(), &dest, &ApplyOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, LayerError::BadEntry { .. }),
+        "hard link through a symlink: {e}"
+    );
+    assert_eq!(
+        std::fs::metadata(outside.join("secret")).unwrap().nlink(),
+        1,
+        "no link to the outside file"
+    );
+    assert_eq!(
+        std::fs::metadata(outside.join("secret"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+}
+
+#[test]
+fn broken_streams_fail_clearly() {
+    require_root();
+    let tar = every_entry_type();
+    let t = tmp();
+    let d = |name: &str| {
+        let p = t.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        p
+    };
+    let e = apply(
+        &tar[..tar.len() / 2],
+        &d("truncated"),
+        &ApplyOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, LayerError::Corrupt(_)), "truncated tar: {e}");
+    let mut gz = gzip(&tar);
+    let mid = gz.len() / 2;
+    gz[mid] ^= 0xff;
+    gz[mid + 1] ^= 0xff;
+    let e = apply(&gz, &d("corrupt-gzip"), &ApplyOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, LayerError::Corrupt(_) | LayerError::BadEntry { .. }),
+        "corrupt gzip: {e}"
+    );
+    let e = apply(
+        &gzip(&tar)[..100],
+        &d("truncated-gzip"),
+        &ApplyOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, LayerError::Corrupt(_)), "truncated gzip: {e}");
+
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "zeros", &vec![0u8; 8 << 20], 0o644);
+    let bomb = gzip(&b.into_inner().unwrap());
+    assert!(
+        bomb.len() < 64 << 10,
+        "a real bomb: {} bytes compressed",
+        bomb.len()
+    );
+    let opts = ApplyOptions {
+        max_uncompressed_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let e = apply(&bomb, &d("bomb"), &opts).unwrap_err();
+    assert!(
+        matches!(e, LayerError::TooLarge { limit } if limit == 1 << 20),
+        "bomb: {e}"
+    );
+
+    let opts = ApplyOptions {
+        expected_digest: Some(Digest::of(b"something else")),
+        ..Default::default()
+    };
+    let e = apply(&gzip(&tar), &d("mismatch"), &opts).unwrap_err();
+    assert!(
+        matches!(e, LayerError::DigestMismatch { .. }),
+        "digest mismatch: {e}"
+    );
+    let good = gzip(&tar);
+    let opts = ApplyOptions {
+        expected_digest: Some(Digest::of(&good)),
+        expected_diff_id: Some(Digest::of(&tar)),
+        ..Default::default()
+    };
+    apply(&good, &d("verified"), &opts).expect("matching digests pass");
+}

@@ -5,7 +5,11 @@ use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use lamina_core::layer::{apply_layer, ApplyOptions, Digest, LayerError, WhiteoutStyle};
+use lamina_core::fsutil::{manifest_differences, tree_manifest};
+use lamina_core::layer::{
+    apply_layer, write_diff, ApplyOptions, Compression, DiffSource, Digest, LayerError,
+    WhiteoutStyle,
+};
 use tar::{Builder, EntryType, Header};
 
 fn require_root() {
@@ -457,4 +461,118 @@ fn broken_streams_fail_clearly() {
         ..Default::default()
     };
     apply(&good, &d("verified"), &opts).expect("matching digests pass");
+}
+
+/// Compares two trees entry by entry; the root directory's own mtime is not part of a layer.
+fn assert_same_tree(a: &Path, b: &Path, what: &str) {
+    let facts = |p: &Path| {
+        let mut m = tree_manifest(p).unwrap();
+        m.get_mut(Path::new("")).unwrap().mtime = (0, 0);
+        m
+    };
+    let d = manifest_differences(&facts(a), &facts(b));
+    assert!(d.is_empty(), "{what}: trees differ:\n{}", d.join("\n"));
+}
+
+#[test]
+fn overlay_diff_round_trips_and_is_deterministic() {
+    require_root();
+    let t = tmp();
+    let upper = t.path().join("upper");
+    std::fs::create_dir(&upper).unwrap();
+    let mut tar = every_entry_type();
+    // Add whiteouts and an opaque directory to the layer.
+    tar.truncate(tar.len() - 1024); // drop the end-of-archive blocks
+    let mut b = Builder::new(tar);
+    file(&mut b, "etc/.wh.shadow", b"", 0o644);
+    dir(&mut b, "opq/", 0o750);
+    file(&mut b, "opq/.wh..wh..opq", b"", 0o644);
+    file(&mut b, "opq/inside", b"i", 0o640);
+    apply(&b.into_inner().unwrap(), &upper, &ApplyOptions::default()).unwrap();
+
+    for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let mut blob = Vec::new();
+        let r = write_diff(DiffSource::OverlayUpper(&upper), compression, &mut blob).unwrap();
+        let mut again = Vec::new();
+        let r2 = write_diff(DiffSource::OverlayUpper(&upper), compression, &mut again).unwrap();
+        assert_eq!(blob, again, "{compression:?}: byte-identical diffs");
+        assert_eq!(r, r2);
+        assert_eq!(r.digest, Digest::of(&blob));
+        assert_eq!(r.compressed_size, blob.len() as u64);
+        let copy = t.path().join(format!("copy-{compression:?}"));
+        std::fs::create_dir(&copy).unwrap();
+        let applied = apply(&blob, &copy, &ApplyOptions::default()).unwrap();
+        assert_eq!(
+            applied.diff_id, r.diff_id,
+            "{compression:?}: diffID agrees with the applier"
+        );
+        assert_eq!(applied.entries, r.entries);
+        assert_same_tree(&upper, &copy, &format!("{compression:?} round trip"));
+    }
+}
+
+#[test]
+fn tree_diff_applied_onto_the_lower_tree_gives_the_upper_tree() {
+    require_root();
+    let t = tmp();
+    let lower = t.path().join("lower");
+    std::fs::create_dir(&lower).unwrap();
+    apply(&every_entry_type(), &lower, &ApplyOptions::default()).unwrap();
+    let upper = t.path().join("upper");
+    std::fs::create_dir(&upper).unwrap();
+    lamina_core::fsutil::copy_tree(&lower, &upper).unwrap();
+    // Changes of every kind.
+    std::fs::write(upper.join("etc/passwd"), b"changed\n").unwrap(); // content (and link group)
+    std::fs::remove_file(upper.join("etc/localtime")).unwrap(); // deleted symlink
+    std::fs::remove_dir_all(upper.join("deep")).unwrap(); // deleted tree
+    std::fs::set_permissions(upper.join("bin/su"), std::fs::Permissions::from_mode(0o755)).unwrap(); // chmod
+    std::fs::remove_file(upper.join("run/fifo")).unwrap();
+    std::fs::create_dir(upper.join("run/fifo")).unwrap(); // file replaced by a directory
+    std::fs::write(upper.join("run/fifo/new"), b"new").unwrap();
+    std::fs::write(upper.join("added"), b"added").unwrap();
+
+    let mut blob = Vec::new();
+    let r = write_diff(
+        DiffSource::Trees {
+            lower: Some(&lower),
+            upper: &upper,
+        },
+        Compression::Gzip,
+        &mut blob,
+    )
+    .unwrap();
+    assert!(
+        r.entries < 20,
+        "only the changes are written ({} entries)",
+        r.entries
+    );
+    let target = t.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    lamina_core::fsutil::copy_tree(&lower, &target).unwrap();
+    let opts = ApplyOptions {
+        whiteouts: WhiteoutStyle::Delete,
+        ..Default::default()
+    };
+    apply(&blob, &target, &opts).unwrap();
+    // Directory mtimes change when their children do; compare everything but those.
+    let strip =
+        |m: std::collections::BTreeMap<std::path::PathBuf, lamina_core::fsutil::EntryFacts>| {
+            m.into_iter()
+                .map(|(p, mut f)| {
+                    if f.kind == "dir" {
+                        f.mtime = (0, 0);
+                    }
+                    (p, f)
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+    let d = manifest_differences(
+        &strip(tree_manifest(&upper).unwrap()),
+        &strip(tree_manifest(&target).unwrap()),
+    );
+    assert!(
+        d.is_empty(),
+        "diff applied onto lower differs from upper:\n{}",
+        d.join("\n")
+    );
 }

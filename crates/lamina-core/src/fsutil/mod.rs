@@ -2,9 +2,11 @@
 
 mod copy;
 mod du;
+mod manifest;
 
 pub use copy::copy_tree;
 pub use du::disk_usage;
+pub use manifest::{manifest_differences, tree_manifest, EntryFacts};
 
 use std::path::Path;
 

@@ -253,7 +253,7 @@ impl<'o> Applier<'o> {
             if hidden.starts_with(b".wh.") {
                 return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.): nothing to apply
             }
-            return self.whiteout(parent, OsStr::from_bytes(hidden));
+            return self.whiteout(parent, OsStr::from_bytes(hidden), meta.mtime);
         }
         match kind {
             EntryType::Directory => self.directory(&comps, &meta),
@@ -480,7 +480,12 @@ impl<'o> Applier<'o> {
         ))
     }
 
-    fn whiteout(&mut self, parent: &[OsString], hidden: &OsStr) -> Result<(), LayerError> {
+    fn whiteout(
+        &mut self,
+        parent: &[OsString],
+        hidden: &OsStr,
+        mtime: Timespec,
+    ) -> Result<(), LayerError> {
         let mut comps = parent.to_vec();
         comps.push(hidden.to_owned());
         match self.opts.whiteouts {
@@ -493,7 +498,13 @@ impl<'o> Applier<'o> {
                         path: join(&comps),
                         source: e,
                     }
-                })
+                })?;
+                let t = Timestamps {
+                    last_access: mtime,
+                    last_modification: mtime,
+                };
+                rustix::fs::utimensat(&dir, hidden, &t, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("set times", &comps, e))
             }
             WhiteoutStyle::Delete => {
                 if let Some(dir) = self.root.dir(parent, false)? {

@@ -2,10 +2,12 @@
 //! directory, confined to it whatever the layer says.
 
 mod apply;
+mod diff;
 mod digest;
 mod root;
 
 pub use apply::{apply_layer, ApplyOptions, ApplyReport, WhiteoutStyle};
+pub use diff::{write_diff, DiffReport, DiffSource};
 pub use digest::{Digest, HashingReader};
 
 use std::path::PathBuf;

@@ -1,7 +1,10 @@
 //! Generates the gRPC code from the vendored protos with protox (pure Rust, no `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/containerd/services/snapshots/v1/snapshots.proto"];
+    let protos = [
+        "proto/containerd/services/snapshots/v1/snapshots.proto",
+        "proto/lamina/v1/layers.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()

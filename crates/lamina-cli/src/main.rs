@@ -1,5 +1,6 @@
 //! lamina: the command-line client of laminad.
 
+mod layer;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     /// Work with snapshots.
     #[command(subcommand, visible_alias = "snapshots")]
     Snapshot(snapshot::Command),
+    /// Apply layer blobs into snapshots; export snapshots as layers.
+    #[command(subcommand)]
+    Layer(layer::Command),
 }
 
 fn main() {
@@ -51,6 +55,7 @@ fn main() {
             runtime.block_on(async move {
                 match cli.command {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
+                    Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
                 }
             })
         });

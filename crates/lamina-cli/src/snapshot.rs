@@ -150,7 +150,7 @@ fn info_out(i: pb::Info) -> InfoOut {
     }
 }
 
-fn parse_labels(items: &[String]) -> anyhow::Result<HashMap<String, String>> {
+pub(crate) fn parse_labels(items: &[String]) -> anyhow::Result<HashMap<String, String>> {
     items
         .iter()
         .map(|s| {

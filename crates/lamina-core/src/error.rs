@@ -56,6 +56,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A layer could not be applied or diffed.
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
     /// The metadata database failed.
     #[error("metadata database: {0}")]
     Metadata(#[from] MetadataError),

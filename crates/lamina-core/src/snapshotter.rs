@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
+use crate::layer::{ApplyOptions, ApplyReport, Compression, DiffReport, DiffSource, WhiteoutStyle};
 use crate::lock::RootLock;
 use crate::meta::{now_nanos, MetaStore, Record};
 use crate::model::{validate_key, validate_labels, Info, Kind, Labels, Mount, Usage};
@@ -359,6 +360,84 @@ impl Snapshotter {
             report.removed += 1;
         }
         Ok(report)
+    }
+
+    /// Applies the OCI layer `blob` on top of committed `parent` ("" for none) and commits
+    /// the result as `name` with `labels`. The layer is written into a fresh active
+    /// snapshot that is removed again if anything fails, so a bad layer leaves nothing.
+    /// `opts` gives limits and expected digests; whiteout style and lower layers follow
+    /// the backend.
+    pub fn apply_layer(
+        &self,
+        name: &str,
+        parent: &str,
+        labels: Labels,
+        blob: impl std::io::Read,
+        mut opts: ApplyOptions,
+    ) -> Result<ApplyReport> {
+        validate_key("name", name)?;
+        validate_labels(&labels)?;
+        if self.meta.get(name)?.is_some() {
+            return Err(Error::AlreadyExists { key: name.into() });
+        }
+        let key = format!("lamina-apply/{}/{name}", now_nanos());
+        self.prepare(&key, parent, Labels::new())?;
+        let result = (|| {
+            let rec = self.get(&key)?;
+            match self.backend_kind {
+                BackendKind::Overlayfs => {
+                    opts.whiteouts = WhiteoutStyle::Overlay;
+                    opts.lowers = self
+                        .meta
+                        .chain(parent)?
+                        .into_iter()
+                        .map(|id| self.backend.fs_dir(id))
+                        .collect();
+                }
+                BackendKind::Native => {
+                    opts.whiteouts = WhiteoutStyle::Delete;
+                    opts.lowers = Vec::new();
+                }
+            }
+            let report = crate::layer::apply_layer(blob, &self.backend.fs_dir(rec.id), &opts)?;
+            self.commit(name, &key, labels)?;
+            Ok(report)
+        })();
+        if result.is_err() {
+            if let Err(e) = self.remove(&key) {
+                tracing::warn!(key, error = %e, "could not remove the snapshot of a failed layer");
+            }
+        }
+        result
+    }
+
+    /// Writes the changes snapshot `key` holds over its parent as an OCI layer to `out`.
+    pub fn diff(
+        &self,
+        key: &str,
+        compression: Compression,
+        out: impl std::io::Write,
+    ) -> Result<DiffReport> {
+        let rec = self.get(key)?;
+        let own = self.backend.fs_dir(rec.id);
+        let parent = self
+            .meta
+            .chain(&rec.parent)?
+            .first()
+            .map(|id| self.backend.fs_dir(*id));
+        let source = match (self.backend_kind, rec.kind, &parent) {
+            (BackendKind::Overlayfs, _, _) => DiffSource::OverlayUpper(&own),
+            // A native view is its parent, unchanged.
+            (BackendKind::Native, Kind::View, Some(p)) => DiffSource::Trees {
+                lower: Some(p),
+                upper: p,
+            },
+            (BackendKind::Native, _, p) => DiffSource::Trees {
+                lower: p.as_deref(),
+                upper: &own,
+            },
+        };
+        Ok(crate::layer::write_diff(source, compression, out)?)
     }
 
     /// Closes the store, releasing its lock. Dropping it does the same.

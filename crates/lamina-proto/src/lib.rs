@@ -21,6 +21,14 @@ pub mod containerd {
     }
 }
 
+/// Lamina's own API (`lamina.v1`).
+pub mod lamina {
+    /// `lamina.v1`: layer apply and diff.
+    pub mod v1 {
+        tonic::include_proto!("lamina.v1");
+    }
+}
+
 pub use containerd::services::snapshots::v1 as snapshots;
 pub use containerd::types;
 

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use lamina_core::{Snapshotter, StoreConfig};
+use lamina_proto::lamina::v1::layers_server::LayersServer;
 use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
+use crate::layers::LayerService;
 use crate::service::SnapshotService;
 
 /// Runs the daemon with `cfg` until it is told to stop.
@@ -48,7 +50,8 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
         }
     };
     let result = tonic::transport::Server::builder()
-        .add_service(SnapshotsServer::new(SnapshotService::new(store)))
+        .add_service(SnapshotsServer::new(SnapshotService::new(store.clone())))
+        .add_service(LayersServer::new(LayerService::new(store)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);

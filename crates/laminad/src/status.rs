@@ -1,6 +1,7 @@
 //! The one mapping from snapshot-store errors to gRPC status codes, chosen so that
 //! containerd's errdefs turns them back into ErrNotFound, ErrAlreadyExists, ...
 
+use lamina_core::layer::LayerError;
 use lamina_core::Error;
 use tonic::{Code, Status};
 
@@ -12,6 +13,12 @@ pub fn to_status(e: Error) -> Status {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InvalidArgument(_) | Error::Filter { .. } => Code::InvalidArgument,
         Error::RootLocked { .. } => Code::Unavailable,
+        Error::Layer(LayerError::Io { .. }) => {
+            tracing::error!(error = %e, "layer I/O error");
+            Code::Internal
+        }
+        // What the client sent is bad: corrupt, hostile, too large, wrong digest.
+        Error::Layer(_) => Code::InvalidArgument,
         Error::Io { .. } | Error::Metadata(_) | Error::CorruptRecord { .. } => {
             tracing::error!(error = %e, "internal error");
             Code::Internal

@@ -158,8 +158,16 @@ pub fn apply_layer(
     })
 }
 
+/// A read error of the layer stream, its message made printable and short (tar errors
+/// quote the raw header bytes of garbage input).
 fn corrupt(e: std::io::Error) -> LayerError {
-    LayerError::Corrupt(e.to_string())
+    let text: String = e
+        .to_string()
+        .chars()
+        .flat_map(char::escape_debug)
+        .take(300)
+        .collect();
+    LayerError::Corrupt(text)
 }
 
 impl<R: Read> HashingReader<BufReader<R>> {
@@ -646,12 +654,20 @@ fn bad(path: &Path, reason: String) -> LayerError {
 /// `trusted.overlay.*` xattrs are dropped: a layer must not steer overlayfs itself.
 fn meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
     let h = entry.header();
+    let old = h.as_old();
+    // Some writers leave numeric fields blank: read those as 0 rather than refuse the layer.
+    let blank = |field: &[u8]| field.iter().all(|b| *b == 0 || *b == b' ');
+    let num = |r: std::io::Result<u64>, field: &[u8]| match r {
+        Ok(v) => Ok(v),
+        Err(_) if blank(field) => Ok(0),
+        Err(e) => Err(e.to_string()),
+    };
     let mut m = Meta {
-        mode: h.mode().map_err(|e| e.to_string())? & 0o7777,
-        uid: h.uid().map_err(|e| e.to_string())? as u32,
-        gid: h.gid().map_err(|e| e.to_string())? as u32,
+        mode: num(h.mode().map(u64::from), &old.mode)? as u32 & 0o7777,
+        uid: num(h.uid(), &old.uid)? as u32,
+        gid: num(h.gid(), &old.gid)? as u32,
         mtime: Timespec {
-            tv_sec: h.mtime().map_err(|e| e.to_string())? as i64,
+            tv_sec: num(h.mtime(), &old.mtime)? as i64,
             tv_nsec: 0,
         },
         xattrs: Vec::new(),

@@ -309,7 +309,8 @@ fn tree_changes(lower: Option<&Path>, upper: &Path) -> Result<Vec<Change>, Layer
 }
 
 /// Whether two entries are equal for layer purposes: type, mode, owner, link target,
-/// device, xattrs, size and mtime; regular files whose mtimes carry no sub-second part
+/// device, xattrs, size and mtime (a directory whose children changed has a new mtime,
+/// so it is written too, as containerd does); regular files whose mtimes carry no sub-second part
 /// (so may be equal by coincidence) are compared byte by byte.
 fn same_entry(
     a: &Metadata,
@@ -324,7 +325,7 @@ fn same_entry(
         return Ok(false);
     }
     if a.is_dir() {
-        return Ok(true);
+        return Ok(a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec());
     }
     if a.file_type().is_symlink() {
         let ta = std::fs::read_link(a_path).map_err(read_err("readlink", a_path))?;

@@ -368,14 +368,14 @@ fn hostile_paths_stay_inside_the_root() {
         let mut b = Builder::new(Vec::new());
         raw(&mut b, EntryType::Link, "hl", target, b"");
         let e = apply(&b.into_inner().unwrap(), &dest, &ApplyOptions::default()).unwrap_err();
-        assert!(matches!(e, LayerError::BadEntry { .. }), "{target}: {e}");
+        assert!(matches!(e, LayerError::MissingLinkTarget { .. }), "{target}: {e}");
     }
     let mut b = Builder::new(Vec::new());
     link(&mut b, EntryType::Symlink, "o", out);
     raw(&mut b, EntryType::Link, "hl2", "o/secret", b"");
     let e = apply(&b.into_inner().unwrap(), &dest, &ApplyOptions::default()).unwrap_err();
     assert!(
-        matches!(e, LayerError::BadEntry { .. }),
+        matches!(e, LayerError::MissingLinkTarget { .. }),
         "hard link through a symlink: {e}"
     );
     assert_eq!(

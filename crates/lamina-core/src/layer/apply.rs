@@ -407,7 +407,13 @@ impl<'o> Applier<'o> {
             return Err(bad(&join(comps), "hard link to the root directory".into()));
         };
         if !self.exists(target)? {
-            self.copy_up(target)?;
+            self.copy_up(target).map_err(|e| match e {
+                LayerError::MissingLinkTarget { target, .. } => LayerError::MissingLinkTarget {
+                    path: join(comps),
+                    target,
+                },
+                e => e,
+            })?;
         }
         let src = self
             .root
@@ -482,10 +488,10 @@ impl<'o> Applier<'o> {
             };
             return self.regular(comps, &meta, &mut File::from(src));
         }
-        Err(bad(
-            &join(comps),
-            "hard link target exists in no layer".into(),
-        ))
+        Err(LayerError::MissingLinkTarget {
+            path: join(comps),
+            target: join(comps),
+        })
     }
 
     fn whiteout(

@@ -68,6 +68,15 @@ pub enum LayerError {
         /// What is wrong.
         reason: String,
     },
+    /// A hard link names a file that is in no layer applied so far (when layers unpack in
+    /// parallel, its layer may simply not be finished yet).
+    #[error("entry {path:?}: hard link target {target:?} exists in no layer")]
+    MissingLinkTarget {
+        /// The link.
+        path: PathBuf,
+        /// What it points to.
+        target: PathBuf,
+    },
     /// Writing into the destination failed.
     #[error("{op} {path:?}: {source}")]
     Io {

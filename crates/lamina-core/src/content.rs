@@ -60,7 +60,9 @@ impl ContentStore {
     pub fn ingest(&self, expected: Option<&Digest>, mut data: impl Read) -> Result<(Digest, u64)> {
         if let Some(d) = expected {
             if self.has(d) {
-                let size = std::fs::metadata(self.path(d)).ctx("stat", &self.path(d))?.len();
+                let size = std::fs::metadata(self.path(d))
+                    .ctx("stat", &self.path(d))?
+                    .len();
                 return Ok((d.clone(), size));
             }
         }
@@ -71,7 +73,9 @@ impl ContentStore {
         let mut buf = vec![0u8; 256 << 10];
         let result: Result<()> = (|| {
             loop {
-                let n = data.read(&mut buf).map_err(|e| Error::io("read blob for", &tmp_path, e))?;
+                let n = data
+                    .read(&mut buf)
+                    .map_err(|e| Error::io("read blob for", &tmp_path, e))?;
                 if n == 0 {
                     break;
                 }
@@ -99,14 +103,18 @@ impl ContentStore {
         }
         let dest = self.path(&digest);
         std::fs::rename(&tmp_path, &dest).ctx("rename", &dest)?;
-        File::open(&self.blobs).and_then(|d| d.sync_all()).ctx("fsync", &self.blobs)?;
+        File::open(&self.blobs)
+            .and_then(|d| d.sync_all())
+            .ctx("fsync", &self.blobs)?;
         Ok((digest, size))
     }
 
     /// Deletes blob `digest`; a missing blob is not an error.
     pub fn remove(&self, digest: &Digest) -> Result<()> {
         match std::fs::remove_file(self.path(digest)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", self.path(digest), e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("remove", self.path(digest), e))
+            }
             _ => Ok(()),
         }
     }
@@ -116,7 +124,11 @@ impl ContentStore {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.blobs).ctx("read directory", &self.blobs)? {
             let e = e.ctx("read directory", &self.blobs)?;
-            if let Some(d) = e.file_name().to_str().and_then(|h| Digest::parse(&format!("sha256:{h}"))) {
+            if let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|h| Digest::parse(&format!("sha256:{h}")))
+            {
                 out.push(d);
             }
         }
@@ -130,9 +142,17 @@ fn tempfile_in(dir: &Path) -> Result<(File, PathBuf)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     loop {
-        let name = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let p = dir.join(name);
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
             Ok(f) => return Ok((f, p)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(Error::io("create", p, e)),
@@ -151,11 +171,20 @@ mod tests {
         let (d, n) = cs.ingest(None, &b"hello"[..]).unwrap();
         assert_eq!((d.clone(), n), (Digest::of(b"hello"), 5));
         assert!(cs.has(&d));
-        assert_eq!(cs.ingest(Some(&d), &b"ignored: already there"[..]).unwrap(), (d.clone(), 5));
+        assert_eq!(
+            cs.ingest(Some(&d), &b"ignored: already there"[..]).unwrap(),
+            (d.clone(), 5)
+        );
         let wrong = Digest::of(b"other");
         assert!(cs.ingest(Some(&wrong), &b"hello!"[..]).is_err());
         assert!(!cs.has(&wrong));
-        assert_eq!(std::fs::read_dir(t.path().join("content/ingest")).unwrap().count(), 0, "no partial left");
+        assert_eq!(
+            std::fs::read_dir(t.path().join("content/ingest"))
+                .unwrap()
+                .count(),
+            0,
+            "no partial left"
+        );
         assert_eq!(cs.list().unwrap(), vec![d.clone()]);
         cs.remove(&d).unwrap();
         assert!(!cs.has(&d));

@@ -21,4 +21,4 @@ pub use backend::BackendKind;
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Info, Kind, Labels, Mount, Usage};
-pub use snapshotter::{CleanupReport, Snapshotter, StoreConfig};
+pub use snapshotter::{chain_ids, CleanupReport, LayerSource, Snapshotter, StoreConfig};

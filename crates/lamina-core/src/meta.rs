@@ -170,6 +170,31 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Inserts a chain of committed snapshots, bottom first, each the parent of the next,
+    /// in one transaction. Names that already exist (another import got there first) are
+    /// left as they are; their ids are returned so the caller can discard its copies.
+    pub fn insert_chain(&self, chain: &[(String, Record)]) -> Result<Vec<u64>> {
+        let txn = self.db.begin_write()?;
+        let mut duplicates = Vec::new();
+        {
+            let mut table = txn.open_table(SNAPSHOTS)?;
+            let mut children = txn.open_table(CHILDREN)?;
+            for (name, rec) in chain {
+                if table.get(name.as_str())?.is_some() {
+                    duplicates.push(rec.id);
+                    continue;
+                }
+                check_parent(&table, &rec.parent)?;
+                table.insert(name.as_str(), encode(rec).as_slice())?;
+                if !rec.parent.is_empty() {
+                    children.insert((rec.parent.as_str(), name.as_str()), ())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(duplicates)
+    }
+
     /// Turns active snapshot `key` into committed snapshot `name`.
     pub fn commit(&self, key: &str, name: &str, labels: Labels, usage: Usage) -> Result<Record> {
         let txn = self.db.begin_write()?;

@@ -411,6 +411,164 @@ impl Snapshotter {
         result
     }
 
+    /// Unpacks an image's layers (bottom first) into the committed chain named by their
+    /// chain IDs, reusing the part of the chain that exists, and returns the chain IDs.
+    ///
+    /// On overlayfs every missing layer unpacks into its own directory at the same time
+    /// (`parallelism` at once); a layer with a hard link into a lower layer is unpacked
+    /// again, bottom first, once all lower layers are complete. Then one syncfs, and one
+    /// transaction commits the whole chain: an acknowledged chain survives a crash, and a
+    /// failed one leaves nothing. The native backend needs each parent complete before
+    /// copying it, so it unpacks one layer after another.
+    pub fn unpack_chain(
+        &self,
+        layers: &[LayerSource],
+        labels: &Labels,
+        parallelism: usize,
+    ) -> Result<Vec<String>> {
+        validate_labels(labels)?;
+        let names = chain_ids(layers);
+        let first_missing = names
+            .iter()
+            .position(|n| !matches!(self.meta.get(n), Ok(Some(r)) if r.kind == Kind::Committed))
+            .unwrap_or(names.len());
+        if first_missing == names.len() {
+            return Ok(names);
+        }
+        let base = if first_missing == 0 {
+            String::new()
+        } else {
+            names[first_missing - 1].clone()
+        };
+        let opts_for = |l: &LayerSource| ApplyOptions {
+            expected_digest: Some(l.digest.clone()),
+            expected_diff_id: Some(l.diff_id.clone()),
+            ..ApplyOptions::default()
+        };
+        if self.backend_kind == BackendKind::Native {
+            let mut parent = base;
+            for (i, l) in layers.iter().enumerate().skip(first_missing) {
+                let blob = std::fs::File::open(&l.blob).ctx("open", &l.blob)?;
+                let mut layer_labels = labels.clone();
+                layer_labels.insert("lamina.io/layer.digest".into(), l.digest.to_string());
+                self.apply_layer(&names[i], &parent, layer_labels, blob, opts_for(l))?;
+                parent = names[i].clone();
+            }
+            return Ok(names);
+        }
+        let todo: Vec<usize> = (first_missing..layers.len()).collect();
+        let guards: Vec<Inflight<'_>> = todo.iter().map(|_| self.allocate_id()).collect();
+        let ids: Vec<u64> = guards.iter().map(|g| g.id).collect();
+        let base_dirs: Vec<PathBuf> = self
+            .meta
+            .chain(&base)?
+            .into_iter()
+            .map(|id| self.backend.fs_dir(id))
+            .collect();
+        // Lower directories of layer `k` (index into `todo`), topmost first.
+        let lowers = |k: usize| -> Vec<PathBuf> {
+            ids[..k]
+                .iter()
+                .rev()
+                .map(|id| self.backend.fs_dir(*id))
+                .chain(base_dirs.iter().cloned())
+                .collect()
+        };
+        let discard_all = |ids: &[u64]| ids.iter().for_each(|id| self.discard(*id));
+        // `complete`: every lower layer is finished, so hard links may copy files up from
+        // them. While layers unpack side by side they are not, and a link into a lower
+        // layer fails with MissingLinkTarget, to be redone once they are.
+        let apply_one = |k: usize, complete: bool| -> Result<()> {
+            let l = &layers[todo[k]];
+            let dir = self.backend.fs_dir(ids[k]);
+            crate::fsutil::remove_tree(&self.backend.snapshot_dir(ids[k]))?;
+            self.backend.create(ids[k], Kind::Committed, &[])?;
+            let blob = std::fs::File::open(&l.blob).ctx("open", &l.blob)?;
+            let lowers = if complete { lowers(k) } else { Vec::new() };
+            let opts = ApplyOptions {
+                lowers,
+                ..opts_for(l)
+            };
+            crate::layer::apply_layer(std::io::BufReader::new(blob), &dir, &opts)?;
+            Ok(())
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<()>>>> =
+            todo.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..parallelism.clamp(1, todo.len()) {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= todo.len() {
+                        break;
+                    }
+                    *lock(&results[k]) = Some(apply_one(k, false));
+                });
+            }
+        });
+        // Layers that linked into an unfinished lower layer: again, bottom first, now
+        // that every lower layer is complete.
+        for (k, slot) in results.iter().enumerate() {
+            let r = lock(slot).take().unwrap_or(Ok(()));
+            let r = match r {
+                Err(Error::Layer(crate::layer::LayerError::MissingLinkTarget { .. })) => {
+                    apply_one(k, true)
+                }
+                r => r,
+            };
+            if let Err(e) = r {
+                discard_all(&ids);
+                return Err(e);
+            }
+        }
+        if let Err(e) = crate::sys::syncfs(&self.root) {
+            discard_all(&ids);
+            return Err(e);
+        }
+        let now = now_nanos();
+        let mut chain = Vec::with_capacity(todo.len());
+        for (k, &i) in todo.iter().enumerate() {
+            let usage = match self.backend.usage(ids[k]) {
+                Ok(u) => u,
+                Err(e) => {
+                    discard_all(&ids);
+                    return Err(e);
+                }
+            };
+            let mut layer_labels = labels.clone();
+            layer_labels.insert(
+                "lamina.io/layer.digest".into(),
+                layers[i].digest.to_string(),
+            );
+            let parent = if i == 0 {
+                String::new()
+            } else {
+                names[i - 1].clone()
+            };
+            chain.push((
+                names[i].clone(),
+                Record {
+                    id: ids[k],
+                    kind: Kind::Committed,
+                    parent,
+                    labels: layer_labels,
+                    created: now,
+                    updated: now,
+                    usage: Some(usage),
+                },
+            ));
+        }
+        match self.meta.insert_chain(&chain) {
+            Ok(duplicates) => duplicates.iter().for_each(|id| self.discard(*id)),
+            Err(e) => {
+                discard_all(&ids);
+                return Err(e);
+            }
+        }
+        drop(guards);
+        Ok(names)
+    }
+
     /// Writes the changes snapshot `key` holds over its parent as an OCI layer to `out`.
     pub fn diff(
         &self,
@@ -447,6 +605,33 @@ impl Snapshotter {
         validate_key("key", key)?;
         self.meta.get(key)?.ok_or_else(|| Error::not_found(key))
     }
+}
+
+/// One layer of an image to unpack: its blob on disk and its two digests.
+#[derive(Debug, Clone)]
+pub struct LayerSource {
+    /// The blob (compressed or not), e.g. in the content store.
+    pub blob: PathBuf,
+    /// Digest of the blob, checked while unpacking.
+    pub digest: crate::layer::Digest,
+    /// Digest of the uncompressed tar, checked while unpacking.
+    pub diff_id: crate::layer::Digest,
+}
+
+/// The OCI chain IDs of `layers`: the first layer's diffID, then
+/// sha256(previous chain ID + " " + diffID), as `sha256:<hex>`.
+pub fn chain_ids(layers: &[LayerSource]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(layers.len());
+    for l in layers {
+        let id = match out.last() {
+            None => l.diff_id.to_string(),
+            Some(prev) => {
+                crate::layer::Digest::of(format!("{prev} {}", l.diff_id).as_bytes()).to_string()
+            }
+        };
+        out.push(id);
+    }
+    out
 }
 
 /// Creates the root (mode 0700) if missing and refuses one that is a symlink.

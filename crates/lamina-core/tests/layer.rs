@@ -368,7 +368,10 @@ fn hostile_paths_stay_inside_the_root() {
         let mut b = Builder::new(Vec::new());
         raw(&mut b, EntryType::Link, "hl", target, b"");
         let e = apply(&b.into_inner().unwrap(), &dest, &ApplyOptions::default()).unwrap_err();
-        assert!(matches!(e, LayerError::MissingLinkTarget { .. }), "{target}: {e}");
+        assert!(
+            matches!(e, LayerError::MissingLinkTarget { .. }),
+            "{target}: {e}"
+        );
     }
     let mut b = Builder::new(Vec::new());
     link(&mut b, EntryType::Symlink, "o", out);

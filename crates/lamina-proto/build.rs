@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/containerd/services/snapshots/v1/snapshots.proto",
         "proto/lamina/v1/layers.proto",
+        "proto/lamina/v1/images.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;

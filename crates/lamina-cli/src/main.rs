@@ -1,5 +1,6 @@
 //! lamina: the command-line client of laminad.
 
+mod images;
 mod layer;
 mod snapshot;
 
@@ -40,6 +41,29 @@ enum Command {
     /// Work with snapshots.
     #[command(subcommand, visible_alias = "snapshots")]
     Snapshot(snapshot::Command),
+    /// Import an image from an OCI layout directory or an image archive (OCI or docker save).
+    Import {
+        /// Layout directory or archive.
+        path: PathBuf,
+        /// Which image, when the source holds several; also names the result.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List or forget images.
+    Images {
+        #[command(subcommand)]
+        command: Option<images::ImagesCommand>,
+    },
+    /// Prepare a writable snapshot on top of an image and mount it on DIR.
+    Rootfs {
+        /// Image name (see lamina images).
+        image: String,
+        /// Mount point.
+        dir: PathBuf,
+        /// Snapshot key (default: rootfs:<DIR>).
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Apply layer blobs into snapshots; export snapshots as layers.
     #[command(subcommand)]
     Layer(layer::Command),
@@ -56,6 +80,15 @@ fn main() {
                 match cli.command {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
                     Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
+                    Command::Import { path, name } => {
+                        images::import(&cli.socket, cli.output, &path, name).await
+                    }
+                    Command::Images { command } => {
+                        images::images(&cli.socket, cli.output, command).await
+                    }
+                    Command::Rootfs { image, dir, key } => {
+                        images::rootfs(&cli.socket, cli.output, &image, &dir, key).await
+                    }
                 }
             })
         });

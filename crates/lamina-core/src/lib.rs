@@ -10,6 +10,7 @@ pub mod content;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
+pub mod image;
 pub mod layer;
 pub mod lock;
 mod meta;

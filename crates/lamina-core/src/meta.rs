@@ -15,6 +15,8 @@ use crate::model::{Info, Kind, Labels, Usage};
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// (parent name, child key) → (): answers "has children?" without a scan.
 const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("children");
+/// image name → encoded [`crate::image::ImageRecord`].
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Store-wide values such as the schema version.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -85,6 +87,7 @@ impl MetaStore {
         {
             txn.open_table(SNAPSHOTS)?;
             txn.open_table(CHILDREN)?;
+            txn.open_table(IMAGES)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("schema")?.map(|v| v.value());
             match version {
@@ -291,6 +294,41 @@ impl MetaStore {
             }
         }
         Ok(())
+    }
+
+    /// Records (or replaces) an image.
+    pub fn put_image(&self, rec: &crate::image::ImageRecord) -> Result<()> {
+        let bytes = postcard::to_allocvec(rec).unwrap_or_default();
+        let txn = self.db.begin_write()?;
+        txn.open_table(IMAGES)?
+            .insert(rec.name.as_str(), bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every recorded image, by name.
+    pub fn images(&self) -> Result<Vec<crate::image::ImageRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push(
+                postcard::from_bytes(v.value()).map_err(|source| Error::CorruptRecord {
+                    key: k.value().to_owned(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Forgets an image (its snapshots stay until removed); false if it was unknown.
+    pub fn remove_image(&self, name: &str) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let found = txn.open_table(IMAGES)?.remove(name)?.is_some();
+        txn.commit()?;
+        Ok(found)
     }
 
     /// Every id a record refers to.

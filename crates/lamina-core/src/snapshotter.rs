@@ -41,6 +41,7 @@ pub struct Snapshotter {
     backend: Backend,
     backend_kind: BackendKind,
     meta: MetaStore,
+    content: crate::content::ContentStore,
     next_id: AtomicU64,
     /// Ids whose directory exists but whose record may not be committed yet;
     /// cleanup must leave them alone.
@@ -90,11 +91,13 @@ impl Snapshotter {
                 max = max.max(id);
             }
         }
+        let content = crate::content::ContentStore::open(&root)?;
         let store = Snapshotter {
             backend: Backend::new(config.backend, dir),
             backend_kind: config.backend,
             root,
             meta,
+            content,
             next_id: AtomicU64::new(max + 1),
             inflight: Mutex::new(HashSet::new()),
             _lock: lock_,
@@ -118,6 +121,33 @@ impl Snapshotter {
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The content store (blobs by digest) under the same root.
+    pub fn content(&self) -> &crate::content::ContentStore {
+        &self.content
+    }
+
+    /// Records an image by name (replacing one of the same name).
+    pub fn put_image(&self, rec: &crate::image::ImageRecord) -> Result<()> {
+        self.meta.put_image(rec)
+    }
+
+    /// Every image recorded, by name.
+    pub fn images(&self) -> Result<Vec<crate::image::ImageRecord>> {
+        self.meta.images()
+    }
+
+    /// Forgets image `name`; its snapshots stay until removed.
+    pub fn remove_image(&self, name: &str) -> Result<()> {
+        if self.meta.remove_image(name)? {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                key: name.into(),
+                context: " (image)",
+            })
+        }
     }
 
     /// The store's backend.

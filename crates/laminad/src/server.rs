@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use lamina_core::{Snapshotter, StoreConfig};
+use lamina_proto::lamina::v1::images_server::ImagesServer;
 use lamina_proto::lamina::v1::layers_server::LayersServer;
 use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
@@ -14,8 +15,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
+use crate::images::ImageService;
 use crate::layers::LayerService;
 use crate::service::SnapshotService;
+
+/// Layers unpacked at once by an import: decompression and file creation use about one
+/// core each, and more than a few in flight only add seeks.
+const UNPACK_PARALLELISM: usize = 4;
 
 /// Runs the daemon with `cfg` until it is told to stop.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -51,7 +57,11 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
     };
     let result = tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(SnapshotService::new(store.clone())))
-        .add_service(LayersServer::new(LayerService::new(store)))
+        .add_service(LayersServer::new(LayerService::new(store.clone())))
+        .add_service(ImagesServer::new(ImageService::new(
+            store,
+            UNPACK_PARALLELISM,
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);

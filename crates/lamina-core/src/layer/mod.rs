@@ -12,6 +12,12 @@ pub use digest::{Digest, HashingReader};
 
 use std::path::PathBuf;
 
+/// A path from an archive made relative and lexically clean (`/`, `.` dropped, `..`
+/// clamped at the top), as the layer applier treats entry names.
+pub fn clean_path(path: &std::path::Path) -> PathBuf {
+    root::join(&root::clean(path))
+}
+
 /// How a layer blob is compressed, told by its first bytes (media types lie more often).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {

@@ -1,0 +1,196 @@
+//! `lamina import`, `lamina images`, `lamina rootfs`: images into snapshots and onto disk.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use clap::Subcommand;
+use lamina_proto::lamina::v1 as pb;
+use lamina_proto::lamina::v1::images_client::ImagesClient;
+use lamina_proto::snapshots as spb;
+use lamina_proto::snapshots::snapshots_client::SnapshotsClient;
+use serde::Serialize;
+
+use crate::Output;
+
+/// Image subcommands (`lamina images ...`).
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List images.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Forget an image (its layer snapshots stay until removed).
+    Rm {
+        /// Image name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct ImageOut {
+    name: String,
+    manifest: String,
+    config: String,
+    layers: Vec<LayerOut>,
+    chain_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct LayerOut {
+    digest: String,
+    diff_id: String,
+    size: i64,
+    media_type: String,
+}
+
+fn image_out(i: pb::Image) -> ImageOut {
+    ImageOut {
+        name: i.name,
+        manifest: i.manifest,
+        config: i.config,
+        layers: i
+            .layers
+            .into_iter()
+            .map(|l| LayerOut {
+                digest: l.digest,
+                diff_id: l.diff_id,
+                size: l.size,
+                media_type: l.media_type,
+            })
+            .collect(),
+        chain_ids: i.chain_ids,
+    }
+}
+
+async fn images_client(socket: &Path) -> anyhow::Result<ImagesClient<tonic::transport::Channel>> {
+    let channel = lamina_proto::connect_unix(socket)
+        .await
+        .with_context(|| format!("connecting to laminad at {}", socket.display()))?;
+    Ok(ImagesClient::new(channel))
+}
+
+fn print_images(output: Output, images: Vec<pb::Image>) -> anyhow::Result<()> {
+    let images: Vec<ImageOut> = images.into_iter().map(image_out).collect();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&images)?),
+        Output::Text => {
+            println!(
+                "{:<50}  {:>6}  {:>12}  TOP SNAPSHOT",
+                "NAME", "LAYERS", "SIZE"
+            );
+            for i in images {
+                let size: i64 = i.layers.iter().map(|l| l.size).sum();
+                let top = i.chain_ids.last().cloned().unwrap_or_default();
+                println!(
+                    "{:<50}  {:>6}  {:>12}  {}",
+                    i.name,
+                    i.layers.len(),
+                    size,
+                    top
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `lamina import PATH [--name N]`.
+pub async fn import(
+    socket: &Path,
+    output: Output,
+    path: &Path,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let abs =
+        std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+    let mut c = images_client(socket).await?;
+    let started = std::time::Instant::now();
+    let image = c
+        .import(pb::ImportRequest {
+            path: abs.to_string_lossy().into_owned(),
+            name: name.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    if output == Output::Text {
+        eprintln!(
+            "imported {} ({} layers) in {:.2}s",
+            image.name,
+            image.layers.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    print_images(output, vec![image])
+}
+
+/// `lamina images ...`.
+pub async fn images(
+    socket: &Path,
+    output: Output,
+    cmd: Option<ImagesCommand>,
+) -> anyhow::Result<()> {
+    let mut c = images_client(socket).await?;
+    match cmd.unwrap_or(ImagesCommand::Ls) {
+        ImagesCommand::Ls => {
+            let images = c.list(pb::ListImagesRequest {}).await?.into_inner().images;
+            print_images(output, images)
+        }
+        ImagesCommand::Rm { name } => {
+            c.remove(pb::RemoveImageRequest { name }).await?;
+            Ok(())
+        }
+    }
+}
+
+/// `lamina rootfs REF DIR`: a writable snapshot on top of image REF, mounted on DIR.
+pub async fn rootfs(
+    socket: &Path,
+    output: Output,
+    image: &str,
+    dir: &Path,
+    key: Option<String>,
+) -> anyhow::Result<()> {
+    let mut c = images_client(socket).await?;
+    let images = c.list(pb::ListImagesRequest {}).await?.into_inner().images;
+    let found = images
+        .into_iter()
+        .find(|i| i.name == image)
+        .ok_or_else(|| anyhow!("no image named {image:?} (see lamina images)"))?;
+    let top = found
+        .chain_ids
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow!("image {image:?} has no layers"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let abs: PathBuf = std::fs::canonicalize(dir)?;
+    let key = key.unwrap_or_else(|| format!("rootfs:{}", abs.display()));
+    let channel = lamina_proto::connect_unix(socket).await?;
+    let mut s = SnapshotsClient::new(channel);
+    let mut labels = std::collections::HashMap::new();
+    labels.insert("lamina.io/rootfs.image".to_string(), image.to_string());
+    let mounts = s
+        .prepare(spb::PrepareSnapshotRequest {
+            snapshotter: String::new(),
+            key: key.clone(),
+            parent: top,
+            labels,
+        })
+        .await
+        .with_context(|| format!("preparing snapshot {key}"))?
+        .into_inner()
+        .mounts;
+    let core: Vec<lamina_core::Mount> = mounts
+        .iter()
+        .map(|m| lamina_core::Mount {
+            kind: m.r#type.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    lamina_core::sys::mount_all(&core, &abs)
+        .with_context(|| format!("mounting on {}", abs.display()))?;
+    match output {
+        Output::Json => println!("{}", serde_json::json!({"key": key, "target": abs})),
+        Output::Text => println!("{} mounted on {} (snapshot {key})", image, abs.display()),
+    }
+    Ok(())
+}

@@ -6,7 +6,9 @@
 #   3. containerd's snapshotter conformance suite against laminad: overlayfs backend,
 #      native backend, and a fresh laminad per subtest (CONFORMANCE_EXEC), both backends;
 #   4. e2e.sh: a real containerd with Lamina as its proxy plugin unpacks an image and runs
-#      containers, for both backends.
+#      containers, for both backends;
+#   5. scripts/tests/compare_unpack.sh: an image imported by Lamina and by containerd 1.6
+#      gives the same rootfs, entry by entry.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
 # ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
 # Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
@@ -66,6 +68,10 @@ start_laminad() { # start_laminad BACKEND NAME
   cat "$MNT/$2/laminad.log"; return 1
 }
 stop_laminad() { kill "$DPID" && wait "$DPID"; local rc=$?; DPID=; return $rc; }
+
+step "unpack equals containerd's, entry by entry (gzip, zstd, uncompressed)"
+bash "$HERE/scripts/tests/compare_unpack.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/compare" 2>&1 | grep -v '^\[small\]'
+record "compare unpack with containerd" "${PIPESTATUS[0]}"
 
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"

@@ -64,6 +64,16 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Print a tree's manifest (every entry's type, mode, owner, size, content hash, link
+    /// target, xattrs, device, mtime, hard-link group), one line per entry, to compare
+    /// two unpacks of one image with diff(1). Runs locally, without laminad.
+    Manifest {
+        /// Directory (e.g. a mounted rootfs).
+        dir: PathBuf,
+        /// Leave directory mtimes out.
+        #[arg(long)]
+        no_dir_mtimes: bool,
+    },
     /// Apply layer blobs into snapshots; export snapshots as layers.
     #[command(subcommand)]
     Layer(layer::Command),
@@ -80,6 +90,7 @@ fn main() {
                 match cli.command {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
                     Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
+                    Command::Manifest { dir, no_dir_mtimes } => manifest(&dir, no_dir_mtimes),
                     Command::Import { path, name } => {
                         images::import(&cli.socket, cli.output, &path, name).await
                     }
@@ -96,6 +107,40 @@ fn main() {
         eprintln!("lamina: {}", describe(&e));
         std::process::exit(1);
     }
+}
+
+fn manifest(dir: &std::path::Path, no_dir_mtimes: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let m = lamina_core::fsutil::tree_manifest(dir)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (path, mut f) in m {
+        if no_dir_mtimes && f.kind == "dir" {
+            f.mtime = (0, 0);
+        }
+        let xattrs: Vec<String> = f
+            .xattrs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v).escape_debug()))
+            .collect();
+        writeln!(
+            out,
+            "/{} {} {:o} {}:{} size={} sha256={} link={} rdev={} mtime={}.{:09} group={} xattrs=[{}]",
+            path.display(),
+            f.kind,
+            f.mode,
+            f.uid,
+            f.gid,
+            f.size,
+            f.sha256.as_deref().unwrap_or("-"),
+            f.link.as_ref().map_or("-".into(), |l| l.display().to_string()),
+            f.rdev,
+            f.mtime.0,
+            f.mtime.1,
+            f.link_group.as_ref().map_or("-".into(), |g| format!("/{}", g.display())),
+            xattrs.join(",")
+        )?;
+    }
+    Ok(())
 }
 
 /// One line for an error chain, with gRPC statuses shown as "message (Code)".

@@ -2,17 +2,21 @@
 # compare_unpack.sh: Lamina's unpack of an image equals containerd's, entry by entry.
 #
 # For the bench generator's small image (3 layers: files, symlinks, hard links,
-# whiteouts, an opaque directory) in gzip, zstd and uncompressed form, it imports the
-# same archive into a private containerd 1.6 (overlayfs snapshotter) and into laminad,
-# mounts both rootfs and compares `lamina manifest` of the two (type, mode, owner, size,
-# content hash, link target, xattrs, device, mtime, hard-link group).
+# whiteouts, an opaque directory) in gzip, zstd and uncompressed form:
+#  - import: the same archive imported into a private containerd 1.6 (overlayfs) and
+#    into laminad;
+#  - pull: the image pushed (skopeo) to a docker-registry on 127.0.0.1 started here,
+#    pulled by `ctr images pull --plain-http` and by `lamina pull`;
+# then both rootfs are mounted and `lamina manifest` of the two compared (type, mode,
+# owner, size, content hash, link target, xattrs, device, mtime, hard-link group).
+# Also: pulling a missing tag and pulling from a registry that is down fail clearly.
 # Usage: compare_unpack.sh LAMINAD LAMINA WORKDIR   (as root; needs ../shared)
 # Last line: "N passed, M failed".
 set -uo pipefail
 LAMINAD=$1 LAMINA=$2 WORK=$3
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 SHARED=${SHARED:-$(cd "$HERE/../shared" && pwd)}
-export BENCH_STATE=$WORK/bench BENCH_FS=host
+export BENCH_STATE=$WORK/bench BENCH_FS=host REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5077}
 # shellcheck source=/dev/null
 source "$SHARED/bench/lib.sh"
 passed=0; failed=0
@@ -23,6 +27,7 @@ cleanup() {
   for m in $(grep -F " $WORK/" /proc/self/mounts | awk '{print $2}' | sort -r); do umount -l "$m" 2>/dev/null; done
   [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null
   ctd_stop >/dev/null 2>&1
+  [ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
 }
 trap cleanup EXIT
 mkdir -p "$WORK"
@@ -36,30 +41,63 @@ for _ in $(seq 100); do [ -S "$WORK/lamina.sock" ] && break; sleep 0.1; done
 L() { "$LAMINA" --socket "$WORK/lamina.sock" "$@"; }
 C() { $CTR -a "$CTD_SOCK" -n cmp "$@"; }
 
+# compare_mounted WHAT DIR_CONTAINERD DIR_LAMINA
+compare_mounted() {
+  "$LAMINA" manifest "$2" > "$2.manifest"
+  "$LAMINA" manifest "$3" > "$3.manifest"
+  # The rootfs directory itself is a mount point on both sides; its line is not compared.
+  if diff <(tail -n +2 "$2.manifest") <(tail -n +2 "$3.manifest") > "$3.diff"; then
+    ok "$1: $(wc -l < "$3.manifest") entries identical to containerd's unpack"
+  else
+    bad "$1: trees differ (containerd < > lamina), first differences:"; head -20 "$3.diff"
+  fi
+}
+# containerd_view KEY PARENT DIR: a labelled view of PARENT mounted on DIR.
+containerd_view() {
+  # A view carries no gc.root label, so containerd's GC (pending from the import) could
+  # remove it at once: run GC synchronously first, then create and label the view.
+  C leases create --id cmp-gc >/dev/null 2>&1; C leases rm --sync cmp-gc >/dev/null 2>&1
+  C snapshots --snapshotter overlayfs view "$1" "$2" >/dev/null &&
+    C snapshots --snapshotter overlayfs label "$1" containerd.io/gc.root=cmp >/dev/null &&
+    mkdir -p "$3" && eval "$(C snapshots --snapshotter overlayfs mounts "$3" "$1")"
+}
+top_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["chain_ids"][-1])'; }
+
 for comp in gzip zstd none; do
   tar=$WORK/images/small-$comp.tar
   name=docker.io/bench/small:$comp
   if ! out=$(L -o json import "$tar" 2>&1); then bad "$comp: lamina import: $out"; continue; fi
-  top=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["chain_ids"][-1])')
-  mkdir -p "$WORK/l-$comp" "$WORK/c-$comp"
+  top=$(printf '%s' "$out" | top_of)
   L rootfs "$name" "$WORK/l-$comp" >/dev/null || { bad "$comp: lamina rootfs"; continue; }
   C images import --snapshotter overlayfs "$tar" >/dev/null || { bad "$comp: ctr import"; continue; }
-  # A view carries no gc.root label, so containerd's GC (pending from the import) could
-  # remove it at once: run GC synchronously first, then create and label the view.
-  C leases create --id cmp-gc >/dev/null 2>&1; C leases rm --sync cmp-gc >/dev/null 2>&1
-  { C snapshots --snapshotter overlayfs view "cmp-$comp" "$top" >/dev/null &&
-    C snapshots --snapshotter overlayfs label "cmp-$comp" containerd.io/gc.root=cmp >/dev/null; } \
-    || { bad "$comp: containerd has no snapshot $top (chain IDs differ?)"; continue; }
-  eval "$(C snapshots --snapshotter overlayfs mounts "$WORK/c-$comp" "cmp-$comp")" \
-    || { bad "$comp: mount containerd's view"; continue; }
-  "$LAMINA" manifest "$WORK/l-$comp" > "$WORK/l-$comp.manifest"
-  "$LAMINA" manifest "$WORK/c-$comp" > "$WORK/c-$comp.manifest"
-  # The rootfs directory itself is a mount point on both sides; its line is not compared.
-  if diff <(tail -n +2 "$WORK/c-$comp.manifest") <(tail -n +2 "$WORK/l-$comp.manifest") > "$WORK/$comp.diff"; then
-    ok "$comp: $(wc -l < "$WORK/l-$comp.manifest") entries identical to containerd's unpack (chain $top)"
-  else
-    bad "$comp: trees differ (containerd < > lamina), first differences:"; head -20 "$WORK/$comp.diff"
-  fi
+  containerd_view "cmp-$comp" "$top" "$WORK/c-$comp" || { bad "$comp: containerd view of $top (chain IDs differ?)"; continue; }
+  compare_mounted "import $comp" "$WORK/c-$comp" "$WORK/l-$comp"
 done
+
+if command -v skopeo >/dev/null && registry_start; then
+  # A second laminad root, so the pull really downloads and unpacks.
+  kill "$DPID"; wait "$DPID" 2>/dev/null
+  "$LAMINAD" --root "$WORK/lamina-root-pull" --socket "$WORK/lamina.sock" --log-level warn 2>>"$WORK/laminad.log" &
+  DPID=$!
+  for _ in $(seq 100); do L images >/dev/null 2>&1 && break; sleep 0.1; done
+  for comp in gzip zstd none; do
+    ref=$REGISTRY_ADDR/bench/small:$comp
+    skopeo copy -q --dest-tls-verify=false "oci:$WORK/images/small-$comp:small-$comp" "docker://$ref" \
+      || { bad "$comp: skopeo push"; continue; }
+    if ! out=$(L -o json pull "$ref" 2>&1); then bad "$comp: lamina pull: $out"; continue; fi
+    top=$(printf '%s' "$out" | top_of)
+    L rootfs "$ref" "$WORK/lp-$comp" >/dev/null || { bad "$comp: lamina rootfs after pull"; continue; }
+    C images pull --plain-http --snapshotter overlayfs "$ref" >/dev/null || { bad "$comp: ctr pull"; continue; }
+    containerd_view "cmp-pull-$comp" "$top" "$WORK/cp-$comp" || { bad "$comp: containerd view after pull"; continue; }
+    compare_mounted "pull $comp" "$WORK/cp-$comp" "$WORK/lp-$comp"
+  done
+  if msg=$(L pull "$REGISTRY_ADDR/bench/small:no-such-tag" 2>&1); then bad "missing tag pulled?"
+  elif printf '%s' "$msg" | grep -q "NotFound"; then ok "missing tag: $msg"; else bad "missing tag: unclear error: $msg"; fi
+  if msg=$(L pull "127.0.0.1:1/nothing/here:1" 2>&1); then bad "pull from a closed port succeeded?"
+  elif printf '%s' "$msg" | grep -q "Unavailable"; then ok "registry down: $msg"; else bad "registry down: unclear error: $msg"; fi
+  if L images | grep -q "small:gzip"; then ok "images lists pulled images"; else bad "images after pull"; fi
+else
+  bad "skopeo or docker-registry unavailable: pull comparison not run"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -122,6 +122,47 @@ pub async fn import(
     print_images(output, vec![image])
 }
 
+/// `lamina pull REF`.
+pub async fn pull(
+    socket: &Path,
+    output: Output,
+    reference: &str,
+    plain_http: bool,
+    user: Option<String>,
+) -> anyhow::Result<()> {
+    let (username, password) = match user {
+        Some(u) => {
+            let (n, p) = u
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--user takes USER:PASSWORD"))?;
+            (n.to_owned(), p.to_owned())
+        }
+        None => (String::new(), String::new()),
+    };
+    let mut c = images_client(socket).await?;
+    let started = std::time::Instant::now();
+    let image = c
+        .pull(pb::PullRequest {
+            reference: reference.to_owned(),
+            plain_http,
+            username,
+            password,
+        })
+        .await?
+        .into_inner();
+    if output == Output::Text {
+        let bytes: i64 = image.layers.iter().map(|l| l.size).sum();
+        eprintln!(
+            "pulled {} ({} layers, {:.1} MB) in {:.2}s",
+            image.name,
+            image.layers.len(),
+            bytes as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    print_images(output, vec![image])
+}
+
 /// `lamina images ...`.
 pub async fn images(
     socket: &Path,

@@ -41,6 +41,17 @@ enum Command {
     /// Work with snapshots.
     #[command(subcommand, visible_alias = "snapshots")]
     Snapshot(snapshot::Command),
+    /// Pull an image from its registry (every layer downloads and unpacks at once).
+    Pull {
+        /// Reference, e.g. 127.0.0.1:5000/app:1 or docker.io/library/busybox:latest.
+        reference: String,
+        /// Use http even for a registry that is not on loopback.
+        #[arg(long)]
+        plain_http: bool,
+        /// Registry credentials, USER:PASSWORD.
+        #[arg(long, env = "LAMINA_REGISTRY_USER")]
+        user: Option<String>,
+    },
     /// Import an image from an OCI layout directory or an image archive (OCI or docker save).
     Import {
         /// Layout directory or archive.
@@ -91,6 +102,11 @@ fn main() {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
                     Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
                     Command::Manifest { dir, no_dir_mtimes } => manifest(&dir, no_dir_mtimes),
+                    Command::Pull {
+                        reference,
+                        plain_http,
+                        user,
+                    } => images::pull(&cli.socket, cli.output, &reference, plain_http, user).await,
                     Command::Import { path, name } => {
                         images::import(&cli.socket, cli.output, &path, name).await
                     }

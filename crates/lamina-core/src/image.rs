@@ -55,7 +55,8 @@ fn digest_of(d: &Descriptor) -> Result<Digest> {
     Digest::parse(&s).ok_or_else(|| invalid(format!("unsupported digest {s:?} (only sha256)")))
 }
 
-fn check_layer_media_type(mt: &str) -> Result<()> {
+/// Refuses layer media types Lamina cannot unpack (encrypted, unknown), with a clear error.
+pub fn check_layer_media_type(mt: &str) -> Result<()> {
     const OK: [&str; 8] = [
         "application/vnd.oci.image.layer.v1.tar",
         "application/vnd.oci.image.layer.v1.tar+gzip",

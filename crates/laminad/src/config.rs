@@ -29,6 +29,9 @@ pub struct Config {
     pub backend: String,
     /// tracing filter: "info", "debug", "laminad=debug,lamina_core=info", ...
     pub log_level: String,
+    /// Directory of containerd-style `<host>/hosts.toml` registry configs (mirrors,
+    /// plain HTTP, headers); empty for none.
+    pub registry_config_path: PathBuf,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             socket_group: None,
             backend: BackendKind::default().as_str().into(),
             log_level: "info".into(),
+            registry_config_path: "/etc/containerd/certs.d".into(),
         }
     }
 }

@@ -16,12 +16,21 @@ use crate::status::to_status;
 pub struct ImageService {
     store: Arc<Snapshotter>,
     parallelism: usize,
+    hosts: lamina_registry::HostsConfig,
 }
 
 impl ImageService {
     /// Serves `store`, unpacking up to `parallelism` layers at once.
-    pub fn new(store: Arc<Snapshotter>, parallelism: usize) -> Self {
-        ImageService { store, parallelism }
+    pub fn new(
+        store: Arc<Snapshotter>,
+        parallelism: usize,
+        hosts: lamina_registry::HostsConfig,
+    ) -> Self {
+        ImageService {
+            store,
+            parallelism,
+            hosts,
+        }
     }
 }
 
@@ -60,6 +69,23 @@ impl Images for ImageService {
         .await
         .map_err(|e| Status::internal(format!("import task failed: {e}")))?
         .map_err(to_status)?;
+        Ok(Response::new(image_to_pb(rec)))
+    }
+
+    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<pb::Image>, Status> {
+        let r = req.into_inner();
+        let credentials = (!r.username.is_empty()).then_some(lamina_registry::Credentials {
+            username: r.username,
+            password: r.password,
+        });
+        let opts = crate::pull::PullOptions {
+            plain_http: r.plain_http,
+            credentials,
+            parallelism: self.parallelism,
+        };
+        let started = std::time::Instant::now();
+        let rec = crate::pull::pull(self.store.clone(), &self.hosts, &r.reference, opts).await?;
+        tracing::info!(image = %rec.name, layers = rec.layers.len(), secs = started.elapsed().as_secs_f64(), "pulled");
         Ok(Response::new(image_to_pb(rec)))
     }
 

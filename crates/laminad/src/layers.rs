@@ -2,7 +2,7 @@
 //! snapshots, snapshot changes streamed out as layer blobs. The bytes cross between the
 //! async edge and the synchronous layer engine through bounded channels.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::bridge::ChannelReader;
 use crate::status::to_status;
 
 /// Bytes per streamed diff message.
@@ -29,33 +30,6 @@ impl LayerService {
     /// Serves `store`.
     pub fn new(store: Arc<Snapshotter>) -> Self {
         LayerService { store }
-    }
-}
-
-/// A blocking `Read` over chunks arriving on a channel; `Err` items end the stream with
-/// that error, a closed channel is end of file.
-struct ChannelReader {
-    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.buf = chunk;
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -142,11 +116,7 @@ impl Layers for LayerService {
         let (tx, rx) = mpsc::channel(8);
         let store = self.store.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let reader = ChannelReader {
-                rx,
-                buf: Vec::new(),
-                pos: 0,
-            };
+            let reader = ChannelReader::new(rx);
             let labels = header.labels.into_iter().collect();
             store.apply_layer(&header.name, &header.parent, labels, reader, opts)
         });

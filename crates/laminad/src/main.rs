@@ -1,9 +1,11 @@
 //! laminad: serves Lamina's snapshot store to containerd (as a proxy snapshotter plugin)
 //! and to the `lamina` CLI over a unix socket.
 
+mod bridge;
 mod config;
 mod images;
 mod layers;
+mod pull;
 mod server;
 mod service;
 mod status;

@@ -45,6 +45,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
+    let hosts = lamina_registry::HostsConfig {
+        dir: Some(cfg.registry_config_path.clone()).filter(|p| !p.as_os_str().is_empty()),
+    };
     let listener = bind(&cfg).await?;
     tracing::info!(socket = %cfg.socket.display(), "serving containerd.services.snapshots.v1.Snapshots");
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -61,6 +64,7 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
         .add_service(ImagesServer::new(ImageService::new(
             store,
             UNPACK_PARALLELISM,
+            hosts,
         )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

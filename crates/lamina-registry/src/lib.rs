@@ -1,0 +1,100 @@
+//! A client of the OCI distribution API, for pulling images: references, containerd's
+//! `hosts.toml` registry configuration (mirrors, plain HTTP, headers), bearer-token and
+//! basic authentication, manifest resolution with platform choice, and blob downloads.
+
+mod auth;
+mod client;
+mod hosts;
+mod reference;
+
+pub use client::{Blob, Credentials, RegistryClient, Resolved};
+pub use hosts::{Endpoint, HostsConfig};
+pub use reference::Reference;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The image reference cannot be parsed.
+    #[error("invalid reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The text given.
+        reference: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A hosts.toml file is malformed.
+    #[error("registry config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The registry answered with an error status.
+    #[error("{method} {url}: HTTP {status}: {body}")]
+    Status {
+        /// GET or HEAD.
+        method: &'static str,
+        /// The URL asked.
+        url: String,
+        /// HTTP status code.
+        status: u16,
+        /// The start of the response body (registries explain errors there).
+        body: String,
+    },
+    /// The registry could not be reached (after trying every endpoint).
+    #[error("{url}: {source}")]
+    Transport {
+        /// The URL asked.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Authentication failed or the challenge could not be answered.
+    #[error("authentication with {url}: {reason}")]
+    Auth {
+        /// The URL that challenged.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A manifest or index is malformed, or has nothing for this platform.
+    #[error("manifest {digest}: {reason}")]
+    Manifest {
+        /// Which one.
+        digest: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Downloaded bytes do not hash to the digest they were fetched by.
+    #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// Where from.
+        url: String,
+        /// Asked-for digest.
+        expected: String,
+        /// What arrived.
+        actual: String,
+    },
+    /// A response is larger than allowed.
+    #[error("{url}: response larger than {limit} bytes")]
+    TooLarge {
+        /// Where from.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// Writing a download failed.
+    #[error("writing {what}: {source}")]
+    Io {
+        /// What was being written.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for registry operations.
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@ mod config;
 mod images;
 mod layers;
 mod pull;
+mod remote;
 mod server;
 mod service;
 mod status;

@@ -65,7 +65,7 @@ async fn store_bytes(store: &Arc<Snapshotter>, d: Digest, bytes: Vec<u8>) -> Res
 }
 
 /// Streams blob `d` from the registry into the content store.
-async fn download(
+pub async fn download(
     store: Arc<Snapshotter>,
     client: Arc<RegistryClient>,
     d: Digest,

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::images::ImageService;
 use crate::layers::LayerService;
+use crate::remote::RemoteFetcher;
 use crate::service::SnapshotService;
 
 /// Layers unpacked at once by an import: decompression and file creation use about one
@@ -59,7 +60,10 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
         }
     };
     let result = tonic::transport::Server::builder()
-        .add_service(SnapshotsServer::new(SnapshotService::new(store.clone())))
+        .add_service(SnapshotsServer::new(SnapshotService::new(
+            store.clone(),
+            Arc::new(RemoteFetcher::new(store.clone(), hosts.clone())),
+        )))
         .add_service(LayersServer::new(LayerService::new(store.clone())))
         .add_service(ImagesServer::new(ImageService::new(
             store,

@@ -21,12 +21,13 @@ const LIST_BATCH: usize = 100;
 #[derive(Clone)]
 pub struct SnapshotService {
     store: Arc<Snapshotter>,
+    remote: Arc<crate::remote::RemoteFetcher>,
 }
 
 impl SnapshotService {
-    /// Serves `store`.
-    pub fn new(store: Arc<Snapshotter>) -> Self {
-        SnapshotService { store }
+    /// Serves `store`; remote-snapshotter Prepares fetch layers through `remote`.
+    pub fn new(store: Arc<Snapshotter>, remote: Arc<crate::remote::RemoteFetcher>) -> Self {
+        SnapshotService { store, remote }
     }
 
     /// Runs `f` against the store right here, on the async worker. Only for calls that
@@ -99,6 +100,19 @@ impl Snapshots for SnapshotService {
         req: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = req.into_inner();
+        if let Some(remote) = crate::remote::RemoteRequest::from_labels(&r.labels) {
+            let ls = labels(r.labels.clone());
+            match self.remote.prepare(&r.key, &r.parent, remote, ls).await {
+                Ok(true) => {
+                    return Err(Status::already_exists(format!(
+                        "target snapshot of {:?} prepared by lamina",
+                        r.key
+                    )))
+                }
+                Ok(false) => {}
+                Err(e) => return Err(Status::invalid_argument(e)),
+            }
+        }
         let mounts = self
             .run(move |s| s.prepare(&r.key, &r.parent, labels(r.labels)))
             .await?;

@@ -1,0 +1,168 @@
+//! containerd's remote-snapshotter protocol: when a Prepare carries
+//! `containerd.io/snapshot.ref` (the layer's chain ID) and CRI's image labels, Lamina
+//! fetches that layer from the registry itself (starting every layer of the image at
+//! once), commits it with the same `snapshot.ref` label on the requested parent, and
+//! answers AlreadyExists, so containerd skips its own download and unpack. Without the
+//! labels, or when fetching fails, the Prepare proceeds normally and containerd unpacks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lamina_core::layer::{ApplyOptions, Digest};
+use lamina_core::{Labels, Snapshotter};
+use lamina_registry::{HostsConfig, Reference, RegistryClient};
+use tokio::sync::{Mutex, OnceCell};
+
+/// The label that names the chain ID a Prepare is meant to produce.
+pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+/// CRI: the image reference being pulled.
+pub const CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+/// CRI: the digest of this layer's blob.
+pub const CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+/// CRI: this layer's and the following layers' digests, comma-separated.
+pub const CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+
+/// Fetches layers for remote-snapshotter Prepares, each blob once however many ask.
+pub struct RemoteFetcher {
+    store: Arc<Snapshotter>,
+    hosts: HostsConfig,
+    blobs: Mutex<HashMap<String, Arc<OnceCell<Result<(), String>>>>>,
+}
+
+/// What a Prepare asks for, when it is a remote-snapshotter Prepare.
+pub struct RemoteRequest {
+    image: Reference,
+    chain_id: String,
+    layer: Digest,
+    others: Vec<Digest>,
+}
+
+impl RemoteRequest {
+    /// Reads the protocol's labels; `None` if they are not all there.
+    pub fn from_labels(labels: &HashMap<String, String>) -> Option<RemoteRequest> {
+        let chain_id = labels.get(SNAPSHOT_REF)?.clone();
+        let image = Reference::parse(labels.get(CRI_IMAGE_REF)?).ok()?;
+        let layer = Digest::parse(labels.get(CRI_LAYER_DIGEST)?)?;
+        let others = labels
+            .get(CRI_IMAGE_LAYERS)
+            .map(|l| {
+                l.split(',')
+                    .filter_map(|d| Digest::parse(d.trim()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(RemoteRequest {
+            image,
+            chain_id,
+            layer,
+            others,
+        })
+    }
+}
+
+impl RemoteFetcher {
+    /// A fetcher over `store`, reaching registries as `hosts` says.
+    pub fn new(store: Arc<Snapshotter>, hosts: HostsConfig) -> Self {
+        RemoteFetcher {
+            store,
+            hosts,
+            blobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes sure blob `d` of `image` is in the content store, downloading it once.
+    async fn fetch(self: &Arc<Self>, image: &Reference, d: &Digest) -> Result<(), String> {
+        if self.store.content().has(d) {
+            return Ok(());
+        }
+        let cell = self
+            .blobs
+            .lock()
+            .await
+            .entry(d.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let client =
+                RegistryClient::new(image, &self.hosts, false, None).map_err(|e| e.to_string())?;
+            crate::pull::download(self.store.clone(), Arc::new(client), d.clone())
+                .await
+                .map_err(|s| s.message().to_owned())
+        })
+        .await
+        .clone()
+    }
+
+    /// Produces the layer `req` names on `parent` as committed snapshot `key`, labelled
+    /// with its chain ID. `Ok(true)`: done (answer AlreadyExists); `Ok(false)`: cannot
+    /// (containerd should unpack); `Err`: the layer is bad.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        key: &str,
+        parent: &str,
+        req: RemoteRequest,
+        labels: Labels,
+    ) -> Result<bool, String> {
+        if self.store.stat(key).is_ok() {
+            return Ok(false); // the ordinary Prepare answers AlreadyExists for the key
+        }
+        // Start every layer of the image downloading now; the later Prepares find them.
+        for d in req.others.iter().filter(|d| **d != req.layer) {
+            let (me, image, d) = (self.clone(), req.image.clone(), d.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me.fetch(&image, &d).await {
+                    tracing::warn!(digest = %d, error = %e, "prefetch failed");
+                }
+            });
+        }
+        if let Err(e) = self.fetch(&req.image, &req.layer).await {
+            tracing::warn!(image = %req.image.name(), digest = %req.layer, error = %e, "cannot fetch layer; containerd will unpack");
+            return Ok(false);
+        }
+        let store = self.store.clone();
+        let (key, parent, layer, chain_id) = (
+            key.to_owned(),
+            parent.to_owned(),
+            req.layer.clone(),
+            req.chain_id.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let parent_chain = if parent.is_empty() {
+                None
+            } else {
+                store
+                    .stat(&parent)
+                    .map_err(|e| e.to_string())?
+                    .labels
+                    .get(SNAPSHOT_REF)
+                    .cloned()
+            };
+            let blob = store
+                .content()
+                .open_blob(&layer)
+                .map_err(|e| e.to_string())?;
+            let opts = ApplyOptions {
+                expected_digest: Some(layer.clone()),
+                ..ApplyOptions::default()
+            };
+            let report = store
+                .apply_layer(&key, &parent, labels, blob, opts)
+                .map_err(|e| e.to_string())?;
+            // The chain ID containerd expects must be the one this layer really makes.
+            let made = match &parent_chain {
+                None => report.diff_id.to_string(),
+                Some(p) => Digest::of(format!("{p} {}", report.diff_id).as_bytes()).to_string(),
+            };
+            // (A parent without the label was not made by an unpack: nothing to check.)
+            if (parent_chain.is_some() || parent.is_empty()) && made != chain_id {
+                let _ = store.remove(&key);
+                return Err(format!(
+                    "layer {layer} on {parent:?} makes chain {made}, not the requested {chain_id}"
+                ));
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}

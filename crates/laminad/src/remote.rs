@@ -22,11 +22,14 @@ pub const CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 /// CRI: this layer's and the following layers' digests, comma-separated.
 pub const CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 
+/// The outcome of one blob download, shared by everyone who asked for that blob.
+type SharedFetch = Arc<OnceCell<Result<(), String>>>;
+
 /// Fetches layers for remote-snapshotter Prepares, each blob once however many ask.
 pub struct RemoteFetcher {
     store: Arc<Snapshotter>,
     hosts: HostsConfig,
-    blobs: Mutex<HashMap<String, Arc<OnceCell<Result<(), String>>>>>,
+    blobs: Mutex<HashMap<String, SharedFetch>>,
 }
 
 /// What a Prepare asks for, when it is a remote-snapshotter Prepare.

@@ -85,15 +85,19 @@ impl RemoteFetcher {
             .entry(d.to_string())
             .or_default()
             .clone();
-        cell.get_or_init(|| async {
-            let client =
-                RegistryClient::new(image, &self.hosts, false, None).map_err(|e| e.to_string())?;
-            crate::pull::download(self.store.clone(), Arc::new(client), d.clone())
-                .await
-                .map_err(|s| s.message().to_owned())
-        })
-        .await
-        .clone()
+        let result = cell
+            .get_or_init(|| async {
+                let client = RegistryClient::new(image, &self.hosts, false, None)
+                    .map_err(|e| e.to_string())?;
+                crate::pull::download(self.store.clone(), Arc::new(client), d.clone())
+                    .await
+                    .map_err(|s| s.message().to_owned())
+            })
+            .await
+            .clone();
+        // Finished either way: later requests look at the content store, or retry.
+        self.blobs.lock().await.remove(d.as_str());
+        result
     }
 
     /// Produces the layer `req` names on `parent` as committed snapshot `key`, labelled

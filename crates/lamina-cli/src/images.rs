@@ -219,14 +219,7 @@ pub async fn rootfs(
         .with_context(|| format!("preparing snapshot {key}"))?
         .into_inner()
         .mounts;
-    let core: Vec<lamina_core::Mount> = mounts
-        .iter()
-        .map(|m| lamina_core::Mount {
-            kind: m.r#type.clone(),
-            source: m.source.clone(),
-            options: m.options.clone(),
-        })
-        .collect();
+    let core = crate::snapshot::core_mounts(&mounts);
     lamina_core::sys::mount_all(&core, &abs)
         .with_context(|| format!("mounting on {}", abs.display()))?;
     match output {

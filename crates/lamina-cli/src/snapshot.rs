@@ -161,7 +161,7 @@ pub(crate) fn parse_labels(items: &[String]) -> anyhow::Result<HashMap<String, S
         .collect()
 }
 
-fn core_mounts(mounts: &[lamina_proto::types::Mount]) -> Vec<lamina_core::Mount> {
+pub(crate) fn core_mounts(mounts: &[lamina_proto::types::Mount]) -> Vec<lamina_core::Mount> {
     mounts
         .iter()
         .map(|m| lamina_core::Mount {

@@ -167,14 +167,44 @@ fn unpack(
             diff_ids.len()
         )));
     }
-    let mut sources = Vec::new();
     let mut layers = Vec::new();
     for (desc, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        let mt = desc.media_type().to_string();
-        check_layer_media_type(&mt)?;
-        let digest = digest_of(desc)?;
-        let diff_id =
-            Digest::parse(diff_id).ok_or_else(|| invalid(format!("bad diffID {diff_id:?}")))?;
+        let media_type = desc.media_type().to_string();
+        check_layer_media_type(&media_type)?;
+        layers.push(LayerRecord {
+            digest: digest_of(desc)?.to_string(),
+            diff_id: diff_id.clone(),
+            size: desc.size(),
+            media_type,
+        });
+    }
+    unpack_and_record(
+        store,
+        name,
+        manifest_digest.as_str(),
+        config_digest.as_str(),
+        layers,
+        parallelism,
+    )
+}
+
+/// Unpacks `layers` (bottom first, their blobs already in the content store) into the
+/// committed chain, records the image as `name`, and returns its record.
+pub fn unpack_and_record(
+    store: &Snapshotter,
+    name: &str,
+    manifest: &str,
+    config: &str,
+    layers: Vec<LayerRecord>,
+    parallelism: usize,
+) -> Result<ImageRecord> {
+    let content = store.content();
+    let mut sources = Vec::with_capacity(layers.len());
+    for l in &layers {
+        let digest = Digest::parse(&l.digest)
+            .ok_or_else(|| invalid(format!("bad layer digest {:?}", l.digest)))?;
+        let diff_id = Digest::parse(&l.diff_id)
+            .ok_or_else(|| invalid(format!("bad diffID {:?}", l.diff_id)))?;
         if !content.has(&digest) {
             return Err(Error::NotFound {
                 key: digest.to_string(),
@@ -183,28 +213,19 @@ fn unpack(
         }
         sources.push(LayerSource {
             blob: content.path(&digest),
-            digest: digest.clone(),
-            diff_id: diff_id.clone(),
-        });
-        layers.push(LayerRecord {
-            digest: digest.to_string(),
-            diff_id: diff_id.to_string(),
-            size: desc.size(),
-            media_type: mt,
+            digest,
+            diff_id,
         });
     }
     let mut labels = Labels::new();
-    labels.insert("lamina.io/image".into(), name.to_owned());
-    let labels = if name.len() + 16 <= crate::model::MAX_LABEL_BYTES {
-        labels
-    } else {
-        Labels::new()
-    };
+    if name.len() + 16 <= crate::model::MAX_LABEL_BYTES {
+        labels.insert("lamina.io/image".into(), name.to_owned());
+    }
     let chain_ids = store.unpack_chain(&sources, &labels, parallelism)?;
     let rec = ImageRecord {
         name: name.to_owned(),
-        manifest: manifest_digest.to_string(),
-        config: config_digest.to_string(),
+        manifest: manifest.to_owned(),
+        config: config.to_owned(),
         layers,
         chain_ids,
     };
@@ -420,34 +441,22 @@ fn import_archive(
             "manifest.json and the config disagree on the number of layers",
         ));
     }
-    let mut sources = Vec::new();
     let mut layers = Vec::new();
     for (lp, diff_id) in entry.layers.iter().zip(diff_ids) {
         let (digest, size) = lookup(lp)?;
-        let diff_id =
-            Digest::parse(diff_id).ok_or_else(|| invalid(format!("bad diffID {diff_id:?}")))?;
-        sources.push(LayerSource {
-            blob: content.path(&digest),
-            digest: digest.clone(),
-            diff_id: diff_id.clone(),
-        });
         layers.push(LayerRecord {
             digest: digest.to_string(),
-            diff_id: diff_id.to_string(),
+            diff_id: diff_id.clone(),
             size,
             media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),
         });
     }
-    let mut labels = Labels::new();
-    labels.insert("lamina.io/image".into(), image_name.clone());
-    let chain_ids = store.unpack_chain(&sources, &labels, parallelism)?;
-    let rec = ImageRecord {
-        name: image_name,
-        manifest: String::new(),
-        config: config_digest.to_string(),
+    unpack_and_record(
+        store,
+        &image_name,
+        "",
+        config_digest.as_str(),
         layers,
-        chain_ids,
-    };
-    store.put_image(&rec)?;
-    Ok(rec)
+        parallelism,
+    )
 }

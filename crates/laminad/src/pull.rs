@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lamina_core::image::{ImageRecord, LayerRecord};
 use lamina_core::layer::Digest;
-use lamina_core::{Labels, LayerSource, Snapshotter};
+use lamina_core::Snapshotter;
 use lamina_registry::{Credentials, HostsConfig, Reference, RegistryClient, RegistryError};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use tokio::sync::{mpsc, Semaphore};
@@ -162,41 +162,29 @@ pub async fn pull(
     while let Some(done) = tasks.join_next().await {
         done.map_err(|e| Status::internal(e.to_string()))??;
     }
-    let mut sources = Vec::new();
-    let mut layers = Vec::new();
-    for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        let d = digest(l.digest().as_ref())?;
-        let diff_id = digest(diff_id)?;
-        sources.push(LayerSource {
-            blob: store.content().path(&d),
-            digest: d.clone(),
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, diff_id)| LayerRecord {
+            digest: l.digest().to_string(),
             diff_id: diff_id.clone(),
-        });
-        layers.push(LayerRecord {
-            digest: d.to_string(),
-            diff_id: diff_id.to_string(),
             size: l.size(),
             media_type: l.media_type().to_string(),
-        });
-    }
-    let name = r.name();
-    let mut labels = Labels::new();
-    labels.insert("lamina.io/image".into(), name.clone());
+        })
+        .collect();
     let parallelism = opts.parallelism.max(1);
-    let unpack_store = store.clone();
-    let chain_ids = tokio::task::spawn_blocking(move || {
-        unpack_store.unpack_chain(&sources, &labels, parallelism)
+    tokio::task::spawn_blocking(move || {
+        lamina_core::image::unpack_and_record(
+            &store,
+            &r.name(),
+            &resolved.digest,
+            &config_digest,
+            layers,
+            parallelism,
+        )
     })
     .await
     .map_err(|e| Status::internal(e.to_string()))?
-    .map_err(to_status)?;
-    let rec = ImageRecord {
-        name,
-        manifest: resolved.digest,
-        config: config_digest,
-        layers,
-        chain_ids,
-    };
-    store.put_image(&rec).map_err(to_status)?;
-    Ok(rec)
+    .map_err(to_status)
 }

@@ -8,21 +8,6 @@ use lamina_proto::lamina::v1 as lpb;
 use lamina_proto::lamina::v1::layers_client::LayersClient;
 use tonic::Code;
 
-fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut e, &tar).unwrap();
-    e.finish().unwrap()
-}
-
 async fn apply(
     d: &Daemon,
     name: &str,

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 
 use common::*;
@@ -14,19 +13,11 @@ use lamina_core::layer::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
+/// A gzip layer of `files`, its blob digest and its diffID.
 fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest, Digest) {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(&tar).unwrap();
-    let gz = e.finish().unwrap();
+    let gz = tar_gz(files);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
     let (d, diff) = (Digest::of(&gz), Digest::of(&tar));
     (gz, d, diff)
 }

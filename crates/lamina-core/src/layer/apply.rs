@@ -220,10 +220,7 @@ impl<'o> Applier<'o> {
         }
         for (comps, mtime) in std::mem::take(&mut self.dir_times).into_iter().rev() {
             if let Some(fd) = self.root.dir(&comps, false)? {
-                let t = Timestamps {
-                    last_access: mtime,
-                    last_modification: mtime,
-                };
+                let t = times(mtime);
                 rustix::fs::utimensat(fd, ".", &t, AtFlags::empty())
                     .map_err(|e| io_err("set times", &comps, e))?;
             }
@@ -304,16 +301,20 @@ impl<'o> Applier<'o> {
         }
     }
 
+    /// Directory `comps` (created if missing), as an owned descriptor.
+    fn created_dir(&mut self, comps: &[OsString]) -> Result<OwnedFd, LayerError> {
+        self.root
+            .dir(comps, true)?
+            .expect("created on demand")
+            .try_clone()
+            .map_err(|e| std_io("open", comps, e))
+    }
+
     /// Clears the way for a new non-directory (or directory over a non-directory) at
     /// `name`, returning the parent directory.
     fn replace(&mut self, comps: &[OsString], keep_dir: bool) -> Result<OwnedFd, LayerError> {
         let (name, parent) = comps.split_last().expect("non-empty path");
-        let dir = self
-            .root
-            .dir(parent, true)?
-            .expect("created")
-            .try_clone()
-            .map_err(|e| std_io("open", parent, e))?;
+        let dir = self.created_dir(parent)?;
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if keep_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
@@ -365,10 +366,7 @@ impl<'o> Applier<'o> {
             },
         })?;
         self.set_meta_fd(&file, meta, comps)?;
-        let t = Timestamps {
-            last_access: meta.mtime,
-            last_modification: meta.mtime,
-        };
+        let t = times(meta.mtime);
         rustix::fs::futimens(&file, &t).map_err(|e| io_err("set times", comps, e))
     }
 
@@ -513,10 +511,7 @@ impl<'o> Applier<'o> {
                         source: e,
                     }
                 })?;
-                let t = Timestamps {
-                    last_access: mtime,
-                    last_modification: mtime,
-                };
+                let t = times(mtime);
                 rustix::fs::utimensat(&dir, hidden, &t, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err("set times", &comps, e))
             }
@@ -531,12 +526,7 @@ impl<'o> Applier<'o> {
     }
 
     fn opaque(&mut self, parent: &[OsString]) -> Result<(), LayerError> {
-        let dir = self
-            .root
-            .dir(parent, true)?
-            .expect("created")
-            .try_clone()
-            .map_err(|e| std_io("open", parent, e))?;
+        let dir = self.created_dir(parent)?;
         match self.opts.whiteouts {
             WhiteoutStyle::Overlay => {
                 let d = reopen_dir(&dir, OsStr::new("."), parent)?;
@@ -614,12 +604,17 @@ impl<'o> Applier<'o> {
                 source: e,
             })?;
         }
-        let t = Timestamps {
-            last_access: meta.mtime,
-            last_modification: meta.mtime,
-        };
+        let t = times(meta.mtime);
         rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_err("set times", comps, e))
+    }
+}
+
+/// Access and modification times both set to `mtime`, as layers carry only one.
+fn times(mtime: Timespec) -> Timestamps {
+    Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
     }
 }
 

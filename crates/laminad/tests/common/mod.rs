@@ -280,3 +280,19 @@ pub fn with_mounted<T>(
     lamina_core::sys::unmount(target).expect("unmount");
     out
 }
+
+/// A gzip-compressed layer tar of regular files (mode 0644, a fixed mtime).
+pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut e, &tar).unwrap();
+    e.finish().unwrap()
+}

@@ -161,3 +161,66 @@ async fn apply_refuse_and_diff() {
         );
     }
 }
+
+/// A layer whose entries climb out of the root, through `..`, absolute names and
+/// symlinks: refused or confined, nothing outside the daemon's root changes, and the
+/// daemon keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_layers_change_nothing_outside() {
+    let d = Daemon::start("overlayfs");
+    let outside = d.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    let out = outside.to_str().unwrap().to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut raw = |kind: tar::EntryType, name: &str, target: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    raw(tar::EntryType::Regular, "../../outside/evil", "", b"x");
+    raw(tar::EntryType::Regular, &format!("{out}/evil2"), "", b"x");
+    raw(tar::EntryType::Symlink, "esc", &out, b"");
+    raw(tar::EntryType::Regular, "esc/evil3", "", b"x");
+    raw(tar::EntryType::Symlink, "s", &format!("{out}/secret"), b"");
+    raw(tar::EntryType::Regular, "s", "", b"pwned");
+    let tar = b.into_inner().unwrap();
+    let info = apply(&d, "confined", "", tar, "")
+        .await
+        .expect("confined entries apply inside the root");
+    assert_eq!(info.entries, 6);
+    let mut b2 = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    b2.append_link(&mut h, "hl", "esc/secret").unwrap();
+    let e = apply(&d, "linked", "confined", b2.into_inner().unwrap(), "")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "hard link through a symlink to outside: {e:?}"
+    );
+    let names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["secret"], "nothing created outside");
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    let mut c = d.client().await;
+    assert_eq!(
+        list(&mut c, &[]).await.unwrap().len(),
+        1,
+        "only the confined layer is committed"
+    );
+    prepare(&mut c, "still-serving", "confined", labels(&[]))
+        .await
+        .unwrap();
+}

@@ -198,6 +198,32 @@ pub fn unpack_and_record(
     layers: Vec<LayerRecord>,
     parallelism: usize,
 ) -> Result<ImageRecord> {
+    let ready = || Ok(());
+    unpack_and_record_streamed(
+        store,
+        name,
+        manifest,
+        config,
+        layers,
+        parallelism,
+        Vec::new(),
+        &ready,
+    )
+}
+
+/// [`unpack_and_record`] for blobs still arriving: see
+/// [`Snapshotter::unpack_chain_streamed`] for `streams` and `blobs_ready`.
+#[allow(clippy::too_many_arguments)] // each is one fact about the image; a struct would only rename them
+pub fn unpack_and_record_streamed(
+    store: &Snapshotter,
+    name: &str,
+    manifest: &str,
+    config: &str,
+    layers: Vec<LayerRecord>,
+    parallelism: usize,
+    streams: Vec<Option<Box<dyn Read + Send>>>,
+    blobs_ready: &(dyn Fn() -> Result<()> + Sync),
+) -> Result<ImageRecord> {
     let content = store.content();
     let mut sources = Vec::with_capacity(layers.len());
     for l in &layers {
@@ -205,7 +231,7 @@ pub fn unpack_and_record(
             .ok_or_else(|| invalid(format!("bad layer digest {:?}", l.digest)))?;
         let diff_id = Digest::parse(&l.diff_id)
             .ok_or_else(|| invalid(format!("bad diffID {:?}", l.diff_id)))?;
-        if !content.has(&digest) {
+        if streams.is_empty() && !content.has(&digest) {
             return Err(Error::NotFound {
                 key: digest.to_string(),
                 context: " (layer blob)",
@@ -221,7 +247,8 @@ pub fn unpack_and_record(
     if name.len() + 16 <= crate::model::MAX_LABEL_BYTES {
         labels.insert("lamina.io/image".into(), name.to_owned());
     }
-    let chain_ids = store.unpack_chain(&sources, &labels, parallelism)?;
+    let chain_ids =
+        store.unpack_chain_streamed(&sources, &labels, parallelism, streams, blobs_ready)?;
     let rec = ImageRecord {
         name: name.to_owned(),
         manifest: manifest.to_owned(),

@@ -456,12 +456,38 @@ impl Snapshotter {
         labels: &Labels,
         parallelism: usize,
     ) -> Result<Vec<String>> {
+        self.unpack_chain_streamed(layers, labels, parallelism, Vec::new(), &|| Ok(()))
+    }
+
+    /// [`Self::unpack_chain`] for blobs that are still arriving: `streams[i]`, when
+    /// given, is layer `i`'s blob as it comes in (e.g. from the registry, while it is also
+    /// written to the content store). Streamed layers unpack from their stream, all at
+    /// once; the others from their files. `blobs_ready` is called after the streamed
+    /// unpacks end and before any blob file of theirs is read (a layer unpacked again) or
+    /// the chain is committed: it waits until the blob files are complete.
+    pub fn unpack_chain_streamed(
+        &self,
+        layers: &[LayerSource],
+        labels: &Labels,
+        parallelism: usize,
+        mut streams: Vec<Option<Box<dyn std::io::Read + Send>>>,
+        blobs_ready: &(dyn Fn() -> Result<()> + Sync),
+    ) -> Result<Vec<String>> {
         validate_labels(labels)?;
+        streams.resize_with(layers.len(), || None);
         let names = chain_ids(layers);
         let first_missing = names
             .iter()
             .position(|n| !matches!(self.meta.get(n), Ok(Some(r)) if r.kind == Kind::Committed))
             .unwrap_or(names.len());
+        // Streams of layers that exist already are not read: let go of them now, so what
+        // feeds them is not left waiting.
+        streams.iter_mut().take(first_missing).for_each(|s| *s = None);
+        if first_missing == names.len() || self.backend_kind == BackendKind::Native {
+            // Nothing to stream into: the native backend copies each finished parent.
+            streams.clear();
+            blobs_ready()?;
+        }
         if first_missing == names.len() {
             return Ok(names);
         }
@@ -508,12 +534,18 @@ impl Snapshotter {
         // `complete`: every lower layer is finished, so hard links may copy files up from
         // them. While layers unpack side by side they are not, and a link into a lower
         // layer fails with MissingLinkTarget, to be redone once they are.
-        let apply_one = |k: usize, complete: bool| -> Result<()> {
+        let apply_one = |k: usize,
+                         complete: bool,
+                         stream: Option<Box<dyn std::io::Read + Send>>|
+         -> Result<()> {
             let l = &layers[todo[k]];
             let dir = self.backend.fs_dir(ids[k]);
             crate::fsutil::remove_tree(&self.backend.snapshot_dir(ids[k]))?;
             self.backend.create(ids[k], Kind::Committed, &[])?;
-            let blob = std::fs::File::open(&l.blob).ctx("open", &l.blob)?;
+            let blob: Box<dyn std::io::Read + Send> = match stream {
+                Some(s) => s,
+                None => Box::new(std::fs::File::open(&l.blob).ctx("open", &l.blob)?),
+            };
             let lowers = if complete { lowers(k) } else { Vec::new() };
             let opts = ApplyOptions {
                 lowers,
@@ -522,27 +554,43 @@ impl Snapshotter {
             crate::layer::apply_layer(std::io::BufReader::new(blob), &dir, &opts)?;
             Ok(())
         };
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<Mutex<Option<Result<()>>>> =
             todo.iter().map(|_| Mutex::new(None)).collect();
+        let mut from_files = Vec::new();
+        let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for _ in 0..parallelism.clamp(1, todo.len()) {
-                s.spawn(|| loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= todo.len() {
-                        break;
+            // A streamed layer is read as it arrives, so each gets a thread of its own.
+            for (k, &i) in todo.iter().enumerate() {
+                match streams[i].take() {
+                    Some(stream) => {
+                        let (apply_one, results) = (&apply_one, &results);
+                        s.spawn(move || {
+                            *lock(&results[k]) = Some(apply_one(k, false, Some(stream)))
+                        });
                     }
-                    *lock(&results[k]) = Some(apply_one(k, false));
+                    None => from_files.push(k),
+                }
+            }
+            let (from_files, next) = (&from_files, &next);
+            for _ in 0..parallelism.clamp(1, from_files.len().max(1)) {
+                s.spawn(|| loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&k) = from_files.get(n) else { break };
+                    *lock(&results[k]) = Some(apply_one(k, false, None));
                 });
             }
         });
+        if let Err(e) = blobs_ready() {
+            discard_all(&ids);
+            return Err(e);
+        }
         // Layers that linked into an unfinished lower layer: again, bottom first, now
         // that every lower layer is complete.
         for (k, slot) in results.iter().enumerate() {
             let r = lock(slot).take().unwrap_or(Ok(()));
             let r = match r {
                 Err(Error::Layer(crate::layer::LayerError::MissingLinkTarget { .. })) => {
-                    apply_one(k, true)
+                    apply_one(k, true, None)
                 }
                 r => r,
             };

@@ -1,6 +1,7 @@
-//! Pulling an image from a registry: resolve the manifest, fetch config and every layer
-//! at once (bounded), each streamed into the content store and verified on a thread of
-//! its own, then unpack all layers side by side into the committed chain.
+//! Pulling an image from a registry: resolve the manifest, fetch the config, then fetch
+//! every layer at once; each layer's bytes go both into the content store (verified) and
+//! straight into its own unpack, so downloading, decompressing and writing files overlap.
+//! One transaction commits the chain once every blob is complete.
 
 use std::sync::Arc;
 
@@ -15,8 +16,8 @@ use tonic::Status;
 use crate::bridge::ChannelReader;
 use crate::status::to_status;
 
-/// Downloads running at once.
-const DOWNLOADS: usize = 4;
+/// Downloads running at once (each also feeds its layer's unpack as it arrives).
+const DOWNLOADS: usize = 8;
 
 /// What a pull needs besides the reference.
 #[derive(Debug, Clone, Default)]
@@ -144,24 +145,35 @@ pub async fn pull(
     for l in manifest.layers() {
         lamina_core::image::check_layer_media_type(l.media_type().as_ref()).map_err(to_status)?;
     }
-    // Every layer downloads at once, DOWNLOADS at a time.
+    // Every layer downloads at once; each download is written to the content store and,
+    // at the same time, unpacked into its own directory as it arrives.
     let gate = Arc::new(Semaphore::new(DOWNLOADS));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut pumps = tokio::task::JoinSet::new();
+    let mut streams: Vec<Option<Box<dyn std::io::Read + Send>>> = Vec::new();
+    let mut ingests = Vec::new();
     for l in manifest.layers() {
-        let (store, client, gate, d) = (
-            store.clone(),
-            client.clone(),
-            gate.clone(),
-            digest(l.digest().as_ref())?,
-        );
-        tasks.spawn(async move {
+        let d = digest(l.digest().as_ref())?;
+        if store.content().has(&d) {
+            streams.push(None);
+            continue;
+        }
+        let (to_unpack, unpack_rx) = mpsc::channel(32);
+        let (to_store, store_rx) = mpsc::channel(32);
+        streams.push(Some(Box::new(ChannelReader::new(unpack_rx))));
+        let (ingest_store, ingest_digest) = (store.clone(), d.clone());
+        ingests.push(std::thread::spawn(move || {
+            ingest_store
+                .content()
+                .ingest(Some(&ingest_digest), ChannelReader::new(store_rx))
+                .map(|_| ())
+        }));
+        let (client, gate) = (client.clone(), gate.clone());
+        pumps.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            download(store, client, d).await
+            pump(client, d, to_store, to_unpack).await
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| Status::internal(e.to_string()))??;
-    }
+    let ingests = std::sync::Mutex::new(ingests);
     let layers = manifest
         .layers()
         .iter()
@@ -174,17 +186,85 @@ pub async fn pull(
         })
         .collect();
     let parallelism = opts.parallelism.max(1);
-    tokio::task::spawn_blocking(move || {
-        lamina_core::image::unpack_and_record(
+    let unpack = tokio::task::spawn_blocking(move || {
+        // Waits for every blob to be complete and verified in the content store.
+        let blobs_ready = || -> lamina_core::Result<()> {
+            let handles = std::mem::take(&mut *ingests.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut first_err = Ok(());
+            for h in handles {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(lamina_core::Error::FailedPrecondition(
+                        "blob writer panicked".into(),
+                    ))
+                });
+                if first_err.is_ok() {
+                    first_err = r;
+                }
+            }
+            first_err
+        };
+        lamina_core::image::unpack_and_record_streamed(
             &store,
             &r.name(),
             &resolved.digest,
             &config_digest,
             layers,
             parallelism,
+            streams,
+            &blobs_ready,
         )
-    })
-    .await
-    .map_err(|e| Status::internal(e.to_string()))?
-    .map_err(to_status)
+    });
+    // A network failure is the clearer error, so it is reported before the unpack's.
+    let mut network = Ok(());
+    while let Some(done) = pumps.join_next().await {
+        let r = done
+            .map_err(|e| Status::internal(e.to_string()))
+            .and_then(|r| r);
+        if network.is_ok() {
+            network = r;
+        }
+    }
+    let unpacked = unpack.await.map_err(|e| Status::internal(e.to_string()))?;
+    network?;
+    unpacked.map_err(to_status)
+}
+
+/// Moves blob `d` from the registry to the content store writer and to the unpacker.
+/// The unpacker may stop early (it failed: its own error says why); the store must not.
+async fn pump(
+    client: Arc<RegistryClient>,
+    d: Digest,
+    to_store: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    to_unpack: mpsc::Sender<std::io::Result<Vec<u8>>>,
+) -> Result<(), Status> {
+    let mut blob = match client.blob(d.as_str(), 0).await {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = to_store.send(Err(std::io::Error::other(msg.clone()))).await;
+            let _ = to_unpack.send(Err(std::io::Error::other(msg))).await;
+            return Err(registry_status(e));
+        }
+    };
+    let mut unpacking = true;
+    loop {
+        match blob.chunk().await {
+            Ok(Some(chunk)) => {
+                let chunk = chunk.to_vec();
+                if unpacking && to_unpack.send(Ok(chunk.clone())).await.is_err() {
+                    unpacking = false;
+                }
+                if to_store.send(Ok(chunk)).await.is_err() {
+                    return Ok(()); // the store writer failed: its error is reported
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = to_store.send(Err(std::io::Error::other(msg.clone()))).await;
+                let _ = to_unpack.send(Err(std::io::Error::other(msg))).await;
+                return Err(registry_status(e));
+            }
+        }
+    }
 }

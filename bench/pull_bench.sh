@@ -12,7 +12,7 @@
 #     limit = min(per-core gunzip rate x nproc, sequential write rate of the benchmark fs)
 #     per-core gunzip rate = fastest of python zlib / gzip -dc / unpigz, pinned to one CPU,
 #                            over the $LIMIT_IMAGE gzip layer blobs (page cache), MB/s of output
-#     write rate           = dd $DD_MIB MiB of zeros, conv=fsync, onto a fresh loop ext4
+#     write rate           = dd $DD_MIB MiB of zeros, conv=fsync, onto a fresh loop ext4 (best of 2)
 #   All MB are 10^6 bytes of *uncompressed* layer tar.
 #
 # HOW: images are generated once (mkimage.py caches them) and pushed once (skopeo, blobs
@@ -201,7 +201,7 @@ done
 registry_start
 for s in $SIZES; do
   if ! curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-      "http://$REGISTRY_ADDR/v2/bench/$s/manifests/gzip"; then
+      "http://$REGISTRY_ADDR/v2/bench/$s/manifests/gzip" 2>/dev/null; then
     log "pushing $s-gzip to $REGISTRY_ADDR/bench/$s:gzip"
     registry_push "$s-gzip"
   fi
@@ -229,9 +229,14 @@ for f in sys.argv[1:]:
 " $L_BLOBS)
 t_gzip=$(timeit sh -c "taskset -c 0 gzip -dc $L_BLOBS")
 t_unpigz=$(timeit sh -c "taskset -c 0 unpigz -dc $L_BLOBS")
-fs_fresh; sync
-t_dd=$(timeit dd if=/dev/zero of="$FSMNT/limit-dd.tmp" bs=1M count="$DD_MIB" conv=fsync status=none)
-rm -f "$FSMNT/limit-dd.tmp"
+t_dd=
+for i in 1 2; do   # best of 2, each on a fresh fs
+  fs_fresh; sync
+  t=$(timeit dd if=/dev/zero of="$FSMNT/limit-dd.tmp" bs=1M count="$DD_MIB" conv=fsync status=none)
+  rm -f "$FSMNT/limit-dd.tmp"
+  echo "dd_pass$i=$t" >> "$OUTDIR/limits.raw"
+  if [ -z "$t_dd" ] || [ "$(py "int($t < $t_dd)")" = 1 ]; then t_dd=$t; fi
+done
 NPROC=$(nproc)
 python3 - "$L_UB" "$t_zlib" "$t_gzip" "$t_unpigz" "$t_dd" "$DD_MIB" "$NPROC" "$LIMIT_IMAGE" > "$OUTDIR/limits.txt" <<'EOF'
 import sys
@@ -245,7 +250,7 @@ print("limit_mbps=%.1f" % limit)
 print("decomp_core_mbps=%.1f" % rates[best])
 print("disk_mbps=%.1f" % disk)
 print("note=gunzip 1 core (%s, %s image): %s -> best %s %.0f MB/s x %d cores = %.0f MB/s; "
-      "loop ext4 dd %d MiB conv=fsync: %.0f MB/s; machine limit = %.0f MB/s (%s-bound)" % (
+      "loop ext4 dd %d MiB conv=fsync (best of 2): %.0f MB/s; machine limit = %.0f MB/s (%s-bound)" % (
       img, "%.0f MB" % (ub / 1e6), ", ".join("%s %.0f" % kv for kv in rates.items()), best, rates[best],
       nproc, decomp, mib, disk, limit, "decompression" if decomp <= disk else "disk"))
 EOF
@@ -286,7 +291,7 @@ run_containerd() {   # run_containerd SIZE RUN
   unpack_s=$(echo "$o" | python3 -c "
 import re, sys
 m = re.match(r'done:\s*(?:(\d+)m)?([\d.]+)(ms|s)?', sys.stdin.read().strip())
-print('' if not m else (int(m.group(1) or 0) * 60 + float(m.group(2)) / (1000 if m.group(3) == 'ms' else 1)))")
+print('' if not m else '%.3f' % (int(m.group(1) or 0) * 60 + float(m.group(2)) / (1000 if m.group(3) == 'ms' else 1)))")
   nsnap=$(ctr -a "$CTD_SOCK" -n "$NS" snapshots --snapshotter overlayfs ls | tail -n +2 | wc -l)
   [ "$nsnap" -ge "$NL" ] || failures+=("$tag: only $nsnap snapshots for $NL layers")
   read -r nf fb < <(files_bytes "$CTD_DIR/root/io.containerd.snapshotter.v1.overlayfs/snapshots")
@@ -370,7 +375,7 @@ print()
 print("Medians of %s run(s) per tool, interleaved; fresh journaled ext4 (BENCH_FS=%s) and fresh daemon per run. "
       "Wall time of the whole script %.0f s. Machine limit: %s." % (runs, fs, wall, note))
 print()
-print("| size | uncompressed MB | containerd s | lamina s | ratio (ctd/lamina) | lamina MB/s | % of machine limit (%.0f MB/s) |" % limit)
+print("| size | uncompressed MB | containerd s | lamina s | ratio (ctd/lamina) | lamina MB/s | %% of machine limit (%.0f MB/s) |" % limit)
 print("|---|---:|---:|---:|---:|---:|---:|")
 for s in sizes:
     ub = first(s, "uncompressed_bytes") / 1e6

@@ -2,7 +2,11 @@
 # compare_unpack.sh: Lamina's unpack of an image equals containerd's, entry by entry.
 #
 # For the bench generator's small image (3 layers: files, symlinks, hard links,
-# whiteouts, an opaque directory) in gzip, zstd and uncompressed form:
+# whiteouts, an opaque directory) in gzip, zstd and uncompressed form, and for an image
+# whose gzip, zstd and plain layers hold every entry type and attribute
+# (mkimage_all_types.py: devices, fifos, setuid/setgid/sticky, owners, sub-second mtimes,
+# xattrs incl. security.capability, PAX and GNU long names, hard links into a lower layer,
+# whiteouts, an opaque directory):
 #  - import: the same archive imported into a private containerd 1.6 (overlayfs) and
 #    into laminad;
 #  - pull: the image pushed (skopeo) to a docker-registry on 127.0.0.1 started here,
@@ -33,6 +37,15 @@ trap cleanup EXIT
 mkdir -p "$WORK"
 python3 "$SHARED/bench/mkimage.py" small --comp gzip --comp zstd --comp none --out "$WORK/images" >/dev/null \
   || { bad "mkimage.py small"; echo "$passed passed, $failed failed"; exit 1; }
+python3 "$HERE/scripts/tests/mkimage_all_types.py" "$WORK/images/all-types" all-types >/dev/null \
+  || { bad "mkimage_all_types.py"; echo "$passed passed, $failed failed"; exit 1; }
+# Each image: "short name|archive|layout dir:ref|name in the archive"
+IMAGES=(
+  "gzip|$WORK/images/small-gzip.tar|$WORK/images/small-gzip:small-gzip|docker.io/bench/small:gzip"
+  "zstd|$WORK/images/small-zstd.tar|$WORK/images/small-zstd:small-zstd|docker.io/bench/small:zstd"
+  "none|$WORK/images/small-none.tar|$WORK/images/small-none:small-none|docker.io/bench/small:none"
+  "all-types|$WORK/images/all-types.tar|$WORK/images/all-types:all-types|docker.io/lamina/all-types:latest"
+)
 
 ctd_start "$WORK/ctd" || { bad "containerd start"; echo "$passed passed, $failed failed"; exit 1; }
 "$LAMINAD" --root "$WORK/lamina-root" --socket "$WORK/lamina.sock" --log-level warn 2>"$WORK/laminad.log" &
@@ -63,9 +76,8 @@ containerd_view() {
 }
 top_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["chain_ids"][-1])'; }
 
-for comp in gzip zstd none; do
-  tar=$WORK/images/small-$comp.tar
-  name=docker.io/bench/small:$comp
+for spec in "${IMAGES[@]}"; do
+  IFS='|' read -r comp tar _ name <<< "$spec"
   if ! out=$(L -o json import "$tar" 2>&1); then bad "$comp: lamina import: $out"; continue; fi
   top=$(printf '%s' "$out" | top_of)
   L rootfs "$name" "$WORK/l-$comp" >/dev/null || { bad "$comp: lamina rootfs"; continue; }
@@ -80,9 +92,10 @@ if command -v skopeo >/dev/null && registry_start; then
   "$LAMINAD" --root "$WORK/lamina-root-pull" --socket "$WORK/lamina.sock" --log-level warn 2>>"$WORK/laminad.log" &
   DPID=$!
   for _ in $(seq 100); do L images >/dev/null 2>&1 && break; sleep 0.1; done
-  for comp in gzip zstd none; do
-    ref=$REGISTRY_ADDR/bench/small:$comp
-    skopeo copy -q --dest-tls-verify=false "oci:$WORK/images/small-$comp:small-$comp" "docker://$ref" \
+  for spec in "${IMAGES[@]}"; do
+    IFS='|' read -r comp _ layout _ <<< "$spec"
+    ref=$REGISTRY_ADDR/bench/$comp:1
+    skopeo copy -q --dest-tls-verify=false "oci:$layout" "docker://$ref" \
       || { bad "$comp: skopeo push"; continue; }
     if ! out=$(L -o json pull "$ref" 2>&1); then bad "$comp: lamina pull: $out"; continue; fi
     top=$(printf '%s' "$out" | top_of)
@@ -91,11 +104,11 @@ if command -v skopeo >/dev/null && registry_start; then
     containerd_view "cmp-pull-$comp" "$top" "$WORK/cp-$comp" || { bad "$comp: containerd view after pull"; continue; }
     compare_mounted "pull $comp" "$WORK/cp-$comp" "$WORK/lp-$comp"
   done
-  if msg=$(L pull "$REGISTRY_ADDR/bench/small:no-such-tag" 2>&1); then bad "missing tag pulled?"
+  if msg=$(L pull "$REGISTRY_ADDR/bench/gzip:no-such-tag" 2>&1); then bad "missing tag pulled?"
   elif printf '%s' "$msg" | grep -q "NotFound"; then ok "missing tag: $msg"; else bad "missing tag: unclear error: $msg"; fi
   if msg=$(L pull "127.0.0.1:1/nothing/here:1" 2>&1); then bad "pull from a closed port succeeded?"
   elif printf '%s' "$msg" | grep -q "Unavailable"; then ok "registry down: $msg"; else bad "registry down: unclear error: $msg"; fi
-  if L images | grep -q "small:gzip"; then ok "images lists pulled images"; else bad "images after pull"; fi
+  if L images > "$WORK/images.txt" && grep -q "bench/all-types:1" "$WORK/images.txt"; then ok "images lists pulled images"; else bad "images after pull"; fi
 else
   bad "skopeo or docker-registry unavailable: pull comparison not run"
 fi

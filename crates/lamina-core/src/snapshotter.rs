@@ -482,7 +482,10 @@ impl Snapshotter {
             .unwrap_or(names.len());
         // Streams of layers that exist already are not read: let go of them now, so what
         // feeds them is not left waiting.
-        streams.iter_mut().take(first_missing).for_each(|s| *s = None);
+        streams
+            .iter_mut()
+            .take(first_missing)
+            .for_each(|s| *s = None);
         if first_missing == names.len() || self.backend_kind == BackendKind::Native {
             // Nothing to stream into: the native backend copies each finished parent.
             streams.clear();

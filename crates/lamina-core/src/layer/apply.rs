@@ -278,7 +278,7 @@ impl<'o> Applier<'o> {
                     .link_name()
                     .map_err(corrupt)?
                     .ok_or_else(|| bad(path, "hard link without a target".into()))?;
-                self.hard_link(&comps, &clean(&target))
+                self.hard_link(&comps, &clean(&target), &meta)
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let ft = match kind {
@@ -400,7 +400,14 @@ impl<'o> Applier<'o> {
         self.set_meta_at(&parent, name, meta, comps, true)
     }
 
-    fn hard_link(&mut self, comps: &[OsString], target: &[OsString]) -> Result<(), LayerError> {
+    /// A hard link; like containerd, the link entry's owner, mode, xattrs and mtime are
+    /// then applied to the (shared) inode, so the same image unpacks the same way.
+    fn hard_link(
+        &mut self,
+        comps: &[OsString],
+        target: &[OsString],
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
         let Some((tname, tparent)) = target.split_last() else {
             return Err(bad(&join(comps), "hard link to the root directory".into()));
         };
@@ -435,7 +442,11 @@ impl<'o> Applier<'o> {
                 format!("hard link to missing {:?}", join(target)),
             ),
             e => io_err("link", comps, e),
-        })
+        })?;
+        let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err("stat", comps, e))?;
+        let is_symlink = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
+        self.set_meta_at(&parent, name, meta, comps, !is_symlink)
     }
 
     fn exists(&mut self, comps: &[OsString]) -> Result<bool, LayerError> {

@@ -132,6 +132,14 @@ impl Root {
                     }
                     rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755))
                         .map_err(io("mkdir", &comps[..=i]))?;
+                    // 0755 whatever the process umask (laminad runs with 077).
+                    rustix::fs::chmodat(
+                        &parent,
+                        name,
+                        Mode::from_raw_mode(0o755),
+                        AtFlags::empty(),
+                    )
+                    .map_err(io("chmod", &comps[..=i]))?;
                     parent = self
                         .resolve(&comps[..=i])
                         .map_err(io("resolve", &comps[..=i]))?;

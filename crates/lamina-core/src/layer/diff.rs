@@ -152,6 +152,9 @@ fn write_tar(source: DiffSource<'_>, out: &mut impl Write) -> Result<u64, LayerE
                 let key = (meta.dev(), meta.ino());
                 if !meta.is_dir() && meta.nlink() > 1 {
                     if let Some(first) = first_link.get(&key) {
+                        // Appliers (containerd's, ours) give the inode the link entry's
+                        // metadata: it must carry all of it, sub-second mtime included.
+                        append_pax(&mut builder, &abs, &meta)?;
                         append_link(&mut builder, &rel, first, EntryType::Link, &meta)?;
                         continue;
                     }
@@ -445,9 +448,8 @@ fn append_link<W: Write>(
     b.append_link(&mut h, rel, target).map_err(out_err)
 }
 
-fn append_entry<W: Write>(
+fn append_pax<W: Write>(
     b: &mut tar::Builder<W>,
-    rel: &Path,
     abs: &Path,
     meta: &Metadata,
 ) -> Result<(), LayerError> {
@@ -456,6 +458,16 @@ fn append_entry<W: Write>(
         b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
             .map_err(out_err)?;
     }
+    Ok(())
+}
+
+fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    rel: &Path,
+    abs: &Path,
+    meta: &Metadata,
+) -> Result<(), LayerError> {
+    append_pax(b, abs, meta)?;
     let ft = meta.file_type();
     let mode = meta.mode() & 0o7777;
     let (uid, gid, mtime) = (meta.uid(), meta.gid(), meta.mtime());

@@ -24,9 +24,11 @@
 #     (b) fresh fs + fresh laminad (--root on it)         -> time lamina pull, time sync
 #   "Fresh fs" = the shared lib.sh benchmark filesystem: a journaled ext4 on a loop device,
 #   mkfs'd before every run (BENCH_FS=loop; never /, whose no-journal ext4 slows file creation
-#   after deletions, see ../shared/bench/README.md). During (b) a poller notes when every layer
-#   blob has landed in laminad's content store, which splits Lamina's time into download and
-#   unpack. After each pull (untimed) the regular files in the snapshots are counted and summed
+#   after deletions, see ../shared/bench/README.md). During (b) a poller notes when the last layer
+#   blob has landed in laminad's content store: with download-then-unpack that splits Lamina's
+#   time into download and unpack; with a streaming pull (unpack fed while downloading) it
+#   marks the end of the streams, and what follows is the unpack tail + syncfs + commit.
+#   After each pull (untimed) the regular files in the snapshots are counted and summed
 #   so a short or wrong unpack shows up as a mismatch between the tools.
 #   The laminad/lamina binaries are copied into $OUTDIR/bin first, so a rebuild during the run
 #   does not change what is measured. Prerequisites are apt-installed if missing (containerd
@@ -339,7 +341,7 @@ print(len(j.get('layers', [])), len(j.get('chain_ids', j.get('chainIds', []))))"
 
 record() {   # record TOOL SIZE RUN SECONDS SYNC UNPACK DOWNLOAD CPU FILES FILEBYTES
   printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$@" "$UB" "$CB" "$NL" "$load1" >> "$TSV"
-  log "$(printf "%-10s %-6s run%s  %7.2fs  +sync %5.2fs  unpack %6s  download %6s  cpu %6ss  %7.1f MB/s  files %s  load %s" \
+  log "$(printf "%-10s %-6s run%s  %7.2fs  +sync %5.2fs  unpack/after-blobs %6s  blobs-stored-at %6s  cpu %6ss  %7.1f MB/s  files %s  load %s" \
     "$1" "$2" "$3" "$4" "$5" "${6:--}" "${7:--}" "$8" "$(py "$UB / 1e6 / $4")" "$9" "$load1")"
 }
 
@@ -387,7 +389,7 @@ print()
 print("Where the time goes (medians, s):")
 print()
 print("| size | compressed MB | curl download alone | ctd: unpack part (ctr `done:`) | ctd CPU | ctd +sync | "
-      "lamina: download part | lamina: unpack part | lamina CPU | lamina +sync | ratio incl. sync | files ctd / lamina |")
+      "lamina: last blob stored at | lamina: after last blob | lamina CPU | lamina +sync | ratio incl. sync | files ctd / lamina |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for s in sizes:
     c, l = med("containerd", s, "seconds") + med("containerd", s, "sync_s"), med("lamina", s, "seconds") + med("lamina", s, "sync_s")
@@ -404,8 +406,9 @@ for s in sizes:
 print()
 print("- MB = 10^6 bytes of uncompressed layer tar; lamina MB/s = uncompressed MB / lamina s; machine limit = "
       "min(1-core gunzip rate × cores, loop-ext4 write rate).")
-print("- lamina download part = from the start of `lamina pull` until every layer blob is in laminad's content store "
-      "(polled every 20 ms); unpack part = the rest (unpack side by side + syncfs + commit). "
+print("- lamina last blob stored at = from the start of `lamina pull` until every layer blob is in laminad's content store "
+      "(polled every 20 ms): the download part if it downloads first, the end of the streams if it unpacks while downloading; "
+      "after last blob = the rest (unpack still running + syncfs + commit). "
       "ctd CPU = containerd's CPU incl. unpigz; lamina CPU = laminad's.")
 print("- per-run lamina s: " + "; ".join("%s %s" % (s, ", ".join(r["seconds"] for r in rows if r["tool"] == "lamina" and r["size"] == s)) for s in sizes)
       + ". containerd s: " + "; ".join("%s %s" % (s, ", ".join(r["seconds"] for r in rows if r["tool"] == "containerd" and r["size"] == s)) for s in sizes))

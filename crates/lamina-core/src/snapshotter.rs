@@ -555,6 +555,9 @@ impl Snapshotter {
                 ..opts_for(l)
             };
             crate::layer::apply_layer(std::io::BufReader::new(blob), &dir, &opts)?;
+            // Start writing this layer out now, while other layers still unpack, so the
+            // syncfs before the commit finds little left to flush.
+            crate::sys::start_writeback(&dir);
             Ok(())
         };
         let results: Vec<Mutex<Option<Result<()>>>> =

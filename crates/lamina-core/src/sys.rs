@@ -235,6 +235,19 @@ pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<()
         .map_err(|e| io_err("utimensat", path, e))
 }
 
+/// Asks the kernel to start writing out the dirty data of the filesystem holding `path`
+/// without waiting for it (best effort): `syncfs` on a helper thread.
+pub fn start_writeback(path: &Path) {
+    let path = path.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("writeback".into())
+        .spawn(move || {
+            if let Err(e) = syncfs(&path) {
+                tracing::debug!(error = %e, "early writeback failed; the commit's syncfs covers it");
+            }
+        });
+}
+
 /// Flushes the filesystem that holds `path` to stable storage.
 pub fn syncfs(path: &Path) -> Result<()> {
     let dir = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;

@@ -78,8 +78,9 @@ SOCKDIR=$BENCH_STATE/sock
 SOCK=$SOCKDIR/lamina-pull.sock
 NS=bench
 
-log() { echo "[pull_bench $(date +%H:%M:%S)] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_NAME=pull_bench
+# shellcheck source=common.sh
+source "$HERE/common.sh"   # log, die, umount_under, stop_pid
 
 [ "$(id -u)" = 0 ] || die "must run as root (mounts, loop devices)"
 
@@ -125,20 +126,6 @@ LAMINA=$OUTDIR/bin/lamina
 # Process / mount bookkeeping: everything started here is stopped by PID; the trap cleans up.
 LAMINAD_PID=
 POLL_PID=
-
-umount_under() {   # unmount everything mounted below $1 (deepest first), not $1 itself
-  { grep -F " $1/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r |
-    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
-}
-
-stop_pid() {   # stop_pid PID: SIGTERM, up to 30 s, then SIGKILL
-  local pid=$1 i
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then log "pid $pid ignored SIGTERM for 30 s: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local rc=$?

@@ -7,8 +7,10 @@
 #      native backend, and a fresh laminad per subtest (CONFORMANCE_EXEC), both backends;
 #   4. e2e.sh: a real containerd with Lamina as its proxy plugin unpacks an image and runs
 #      containers, for both backends;
-#   5. scripts/tests/compare_unpack.sh: an image imported by Lamina and by containerd 1.6
-#      gives the same rootfs, entry by entry.
+#   5. scripts/tests/compare_unpack.sh: an image imported or pulled by Lamina and by
+#      containerd 1.6 gives the same rootfs, entry by entry;
+#   6. scripts/tests/cri_remote.sh: containerd's CRI pulls an image and Lamina, as its
+#      remote snapshotter, fetches and unpacks the layers; `ctr run` works on it.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
 # ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
 # Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
@@ -72,6 +74,10 @@ stop_laminad() { kill "$DPID" && wait "$DPID"; local rc=$?; DPID=; return $rc; }
 step "unpack equals containerd's, entry by entry (gzip, zstd, uncompressed)"
 bash "$HERE/scripts/tests/compare_unpack.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/compare" 2>&1 | grep -v '^\[small\]'
 record "compare unpack with containerd" "${PIPESTATUS[0]}"
+
+step "remote-snapshotter protocol through containerd's CRI (PullImage, no layer blob in containerd, ctr run)"
+bash "$HERE/scripts/tests/cri_remote.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/cri" 2>&1
+record "CRI pull through Lamina" "${PIPESTATUS[0]}"
 
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"

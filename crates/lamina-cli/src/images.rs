@@ -228,3 +228,28 @@ pub async fn rootfs(
     }
     Ok(())
 }
+
+/// `lamina cri-pull REF`: CRI ImageService.PullImage on `endpoint`.
+pub async fn cri_pull(endpoint: &Path, reference: &str) -> anyhow::Result<()> {
+    use lamina_proto::runtime::v1 as cri;
+    let channel = lamina_proto::connect_unix(endpoint)
+        .await
+        .with_context(|| format!("connecting to the CRI endpoint {}", endpoint.display()))?;
+    let mut c = cri::image_service_client::ImageServiceClient::new(channel);
+    let started = std::time::Instant::now();
+    let r = c
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.to_owned(),
+                annotations: Default::default(),
+            }),
+        })
+        .await?
+        .into_inner();
+    eprintln!(
+        "pulled {reference} through CRI in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", r.image_ref);
+    Ok(())
+}

@@ -85,6 +85,15 @@ enum Command {
         #[arg(long)]
         no_dir_mtimes: bool,
     },
+    /// Ask a CRI runtime (e.g. containerd) to pull an image, as kubelet would: with a
+    /// remote snapshotter such as Lamina configured, the runtime hands the layers over.
+    CriPull {
+        /// Image reference.
+        reference: String,
+        /// The CRI endpoint (containerd's socket).
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        endpoint: PathBuf,
+    },
     /// Apply layer blobs into snapshots; export snapshots as layers.
     #[command(subcommand)]
     Layer(layer::Command),
@@ -108,6 +117,10 @@ fn main() {
                 match cli.command {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
                     Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
+                    Command::CriPull {
+                        reference,
+                        endpoint,
+                    } => images::cri_pull(&endpoint, &reference).await,
                     Command::Manifest { dir, no_dir_mtimes } => manifest(&dir, no_dir_mtimes),
                     Command::Pull {
                         reference,

@@ -29,6 +29,14 @@ pub mod lamina {
     }
 }
 
+/// Kubernetes' CRI (`runtime.v1`), the image-pulling part only.
+pub mod runtime {
+    /// `runtime.v1`: ImageService.PullImage.
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
+    }
+}
+
 pub use containerd::services::snapshots::v1 as snapshots;
 pub use containerd::types;
 

@@ -22,4 +22,6 @@ pub use backend::BackendKind;
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Info, Kind, Labels, Mount, Usage};
-pub use snapshotter::{chain_ids, CleanupReport, LayerSource, Snapshotter, StoreConfig};
+pub use snapshotter::{
+    chain_ids, CleanupReport, LayerLimits, LayerSource, Snapshotter, StoreConfig,
+};

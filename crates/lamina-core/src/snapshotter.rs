@@ -26,6 +26,48 @@ pub struct StoreConfig {
     pub root: PathBuf,
     /// Backend for this root (fixed at creation).
     pub backend: BackendKind,
+    /// Limits every layer applied in this store must keep.
+    pub layer_limits: LayerLimits,
+}
+
+impl StoreConfig {
+    /// A store at `root` with `backend` and the default layer limits.
+    pub fn new(root: impl Into<PathBuf>, backend: BackendKind) -> Self {
+        StoreConfig {
+            root: root.into(),
+            backend,
+            layer_limits: LayerLimits::default(),
+        }
+    }
+}
+
+/// Bounds on what one layer may expand to, against decompression bombs and layers
+/// with absurd numbers of entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerLimits {
+    /// Most bytes a layer's tar may decompress to.
+    pub max_uncompressed_bytes: u64,
+    /// Most entries a layer's tar may hold.
+    pub max_entries: u64,
+}
+
+impl Default for LayerLimits {
+    fn default() -> Self {
+        let d = ApplyOptions::default();
+        LayerLimits {
+            max_uncompressed_bytes: d.max_uncompressed_bytes,
+            max_entries: d.max_entries,
+        }
+    }
+}
+
+impl LayerLimits {
+    /// `opts` with these limits applied (the stricter of the two wins).
+    fn bound(&self, mut opts: ApplyOptions) -> ApplyOptions {
+        opts.max_uncompressed_bytes = opts.max_uncompressed_bytes.min(self.max_uncompressed_bytes);
+        opts.max_entries = opts.max_entries.min(self.max_entries);
+        opts
+    }
 }
 
 /// What a cleanup removed.
@@ -40,6 +82,7 @@ pub struct Snapshotter {
     root: PathBuf,
     backend: Backend,
     backend_kind: BackendKind,
+    limits: LayerLimits,
     meta: MetaStore,
     content: crate::content::ContentStore,
     next_id: AtomicU64,
@@ -95,6 +138,7 @@ impl Snapshotter {
         let store = Snapshotter {
             backend: Backend::new(config.backend, dir),
             backend_kind: config.backend,
+            limits: config.layer_limits,
             root,
             meta,
             content,
@@ -429,6 +473,7 @@ impl Snapshotter {
                     opts.lowers = Vec::new();
                 }
             }
+            let opts = self.limits.bound(opts);
             let report = crate::layer::apply_layer(blob, &self.backend.fs_dir(rec.id), &opts)?;
             self.commit(name, &key, labels)?;
             Ok(report)
@@ -499,10 +544,12 @@ impl Snapshotter {
         } else {
             names[first_missing - 1].clone()
         };
-        let opts_for = |l: &LayerSource| ApplyOptions {
-            expected_digest: Some(l.digest.clone()),
-            expected_diff_id: Some(l.diff_id.clone()),
-            ..ApplyOptions::default()
+        let opts_for = |l: &LayerSource| {
+            self.limits.bound(ApplyOptions {
+                expected_digest: Some(l.digest.clone()),
+                expected_diff_id: Some(l.diff_id.clone()),
+                ..ApplyOptions::default()
+            })
         };
         if self.backend_kind == BackendKind::Native {
             let mut parent = base;

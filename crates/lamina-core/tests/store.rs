@@ -15,11 +15,7 @@ fn require_root() {
 }
 
 fn open(dir: &Path, backend: BackendKind) -> Snapshotter {
-    Snapshotter::open(StoreConfig {
-        root: dir.join("root"),
-        backend,
-    })
-    .expect("open store")
+    Snapshotter::open(StoreConfig::new(dir.join("root"), backend)).expect("open store")
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -114,10 +110,10 @@ fn semantics_as_a_library() {
     let mnt = t.path().join("mnt");
     layer(&s, &mnt, "base", "", &[("a", "1")]);
     assert!(matches!(
-        Snapshotter::open(StoreConfig {
-            root: t.path().join("root"),
-            backend: BackendKind::Overlayfs
-        }),
+        Snapshotter::open(StoreConfig::new(
+            t.path().join("root"),
+            BackendKind::Overlayfs
+        )),
         Err(Error::RootLocked { .. })
     ));
     s.prepare(

@@ -133,11 +133,7 @@ fn parallel_unpack_equals_sequential_apply() {
         let t = tmp();
         let layers = image(t.path());
         let reference = sequential(t.path(), &layers);
-        let s = Snapshotter::open(StoreConfig {
-            root: t.path().join("root"),
-            backend,
-        })
-        .unwrap();
+        let s = Snapshotter::open(StoreConfig::new(t.path().join("root"), backend)).unwrap();
         let names = s.unpack_chain(&layers, &Labels::new(), 3).unwrap();
         assert_eq!(names, lamina_core::chain_ids(&layers));
         assert_eq!(
@@ -186,10 +182,10 @@ fn a_bad_layer_commits_nothing() {
     require_root();
     let t = tmp();
     let mut layers = image(t.path());
-    let s = Snapshotter::open(StoreConfig {
-        root: t.path().join("root"),
-        backend: BackendKind::Overlayfs,
-    })
+    let s = Snapshotter::open(StoreConfig::new(
+        t.path().join("root"),
+        BackendKind::Overlayfs,
+    ))
     .unwrap();
     layers[2].digest = Digest::of(b"not this");
     let e = s.unpack_chain(&layers, &Labels::new(), 3).unwrap_err();

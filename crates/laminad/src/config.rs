@@ -29,6 +29,10 @@ pub struct Config {
     pub backend: String,
     /// tracing filter: "info", "debug", "laminad=debug,lamina_core=info", ...
     pub log_level: String,
+    /// Most bytes one layer may decompress to; larger layers fail (decompression bombs).
+    pub max_layer_bytes: u64,
+    /// Most entries one layer may hold.
+    pub max_layer_entries: u64,
     /// Directory of containerd-style `<host>/hosts.toml` registry configs (mirrors,
     /// plain HTTP, headers); empty for none.
     pub registry_config_path: PathBuf,
@@ -44,6 +48,8 @@ impl Default for Config {
             backend: BackendKind::default().as_str().into(),
             log_level: "info".into(),
             registry_config_path: "/etc/containerd/certs.d".into(),
+            max_layer_bytes: 64 << 30,
+            max_layer_entries: 10_000_000,
         }
     }
 }

@@ -31,8 +31,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let backend = cfg.backend()?;
     let store = Snapshotter::open(StoreConfig {
-        root: cfg.root.clone(),
-        backend,
+        layer_limits: lamina_core::LayerLimits {
+            max_uncompressed_bytes: cfg.max_layer_bytes,
+            max_entries: cfg.max_layer_entries,
+        },
+        ..StoreConfig::new(cfg.root.clone(), backend)
     })
     .with_context(|| format!("opening store at {}", cfg.root.display()))?;
     let store = Arc::new(store);

@@ -224,3 +224,28 @@ async fn hostile_layers_change_nothing_outside() {
         .await
         .unwrap();
 }
+
+/// A decompression bomb stops at the configured limit with a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn decompression_bomb_hits_the_configured_limit() {
+    let d = Daemon::start_with_config("overlayfs", "max_layer_bytes = 1048576\n");
+    let zeros = vec![0u8; 16 << 20];
+    let bomb = tar_gz(&[("zeros", &zeros)]);
+    assert!(
+        bomb.len() < 100_000,
+        "compresses well: {} bytes",
+        bomb.len()
+    );
+    let e = apply(&d, "bomb", "", bomb, "").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("limit of 1048576"), "{}", e.message());
+    let mut c = d.client().await;
+    assert!(
+        list(&mut c, &[]).await.unwrap().is_empty(),
+        "nothing committed"
+    );
+    assert!(d.snapshot_dirs().is_empty(), "nothing left on disk");
+    apply(&d, "small", "", tar_gz(&[("f", b"fits")]), "")
+        .await
+        .expect("a small layer still applies");
+}

@@ -27,12 +27,19 @@ pub struct Daemon {
     pub root: PathBuf,
     pub socket: PathBuf,
     pub backend: String,
+    /// Extra laminad arguments (e.g. `--config FILE`).
+    pub extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Daemon {
     /// Starts laminad with `backend` on a fresh root (under $LAMINA_TEST_DIR or /tmp).
     pub fn start(backend: &str) -> Daemon {
+        Daemon::start_with_config(backend, "")
+    }
+
+    /// Starts laminad with `config` (TOML) as its config file.
+    pub fn start_with_config(backend: &str, config: &str) -> Daemon {
         require_root();
         let base = std::env::var_os("LAMINA_TEST_DIR")
             .map(PathBuf::from)
@@ -43,11 +50,18 @@ impl Daemon {
             .expect("temp dir");
         let root = dir.path().join("root");
         let socket = dir.path().join("lamina.sock");
+        let config_path = dir.path().join("laminad.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let extra = vec![
+            "--config".to_string(),
+            config_path.to_string_lossy().into_owned(),
+        ];
         let mut d = Daemon {
             dir,
             root,
             socket,
             backend: backend.into(),
+            extra,
             child: None,
         };
         d.spawn();
@@ -69,7 +83,8 @@ impl Daemon {
             .arg("--backend")
             .arg(backend)
             .arg("--log-level")
-            .arg("warn");
+            .arg("warn")
+            .args(&self.extra);
         cmd
     }
 

@@ -4,7 +4,8 @@ exercise every entry type and attribute a layer can carry: regular files (setuid
 setgid, sticky, other owners, sub-second mtimes), directories, symlinks, hard links
 within a layer, character and block devices, fifos,
 PAX xattrs, long names (PAX and GNU), file and directory whiteouts, an opaque directory
-(no hard link into a lower layer: containerd 1.6 cannot unpack one).
+(no hard link into a lower layer and no GNU sparse entry: containerd 1.6 cannot unpack
+either; Lamina's own tests cover both).
 
 Usage: mkimage_all_types.py OUT_DIR [REF_NAME]   (needs the zstd command)
 Deterministic: the same bytes every run."""

@@ -74,11 +74,11 @@ containerd_view() {
     C snapshots --snapshotter overlayfs label "$1" containerd.io/gc.root=cmp >/dev/null &&
     mkdir -p "$3" && eval "$(C snapshots --snapshotter overlayfs mounts "$3" "$1")"
 }
-top_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["chain_ids"][-1])'; }
+top_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["chain_ids"][-1])' || echo "(no chain ID in lamina's output)"; }
 
 for spec in "${IMAGES[@]}"; do
   IFS='|' read -r comp tar _ name <<< "$spec"
-  if ! out=$(L -o json import "$tar" 2>&1); then bad "$comp: lamina import: $out"; continue; fi
+  if ! out=$(L -o json import "$tar" 2>"$WORK/import.err"); then bad "$comp: lamina import: $(cat "$WORK/import.err")"; continue; fi
   top=$(printf '%s' "$out" | top_of)
   L rootfs "$name" "$WORK/l-$comp" >/dev/null || { bad "$comp: lamina rootfs"; continue; }
   C images import --snapshotter overlayfs "$tar" >/dev/null || { bad "$comp: ctr import"; continue; }
@@ -97,7 +97,7 @@ if command -v skopeo >/dev/null && registry_start; then
     ref=$REGISTRY_ADDR/bench/$comp:1
     skopeo copy -q --dest-tls-verify=false "oci:$layout" "docker://$ref" \
       || { bad "$comp: skopeo push"; continue; }
-    if ! out=$(L -o json pull "$ref" 2>&1); then bad "$comp: lamina pull: $out"; continue; fi
+    if ! out=$(L -o json pull "$ref" 2>"$WORK/pull.err"); then bad "$comp: lamina pull: $(cat "$WORK/pull.err")"; continue; fi
     top=$(printf '%s' "$out" | top_of)
     L rootfs "$ref" "$WORK/lp-$comp" >/dev/null || { bad "$comp: lamina rootfs after pull"; continue; }
     C images pull --plain-http --snapshotter overlayfs "$ref" >/dev/null || { bad "$comp: ctr pull"; continue; }

@@ -141,7 +141,7 @@ pub async fn pull(
     };
     let mut c = images_client(socket).await?;
     let started = std::time::Instant::now();
-    let image = c
+    let mut stream = c
         .pull(pb::PullRequest {
             reference: reference.to_owned(),
             plain_http,
@@ -150,6 +150,23 @@ pub async fn pull(
         })
         .await?
         .into_inner();
+    let mut show = PullDisplay::new(
+        output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
+    let mut image = None;
+    while let Some(msg) = stream.message().await? {
+        if !msg.layers.is_empty() {
+            show.layers(&msg.layers);
+        }
+        if !msg.digest.is_empty() {
+            show.bytes(&msg.digest, msg.bytes as u64);
+        }
+        if msg.image.is_some() {
+            image = msg.image;
+        }
+    }
+    show.finish();
+    let image = image.ok_or_else(|| anyhow!("laminad ended the pull without its result"))?;
     if output == Output::Text {
         let bytes: i64 = image.layers.iter().map(|l| l.size).sum();
         eprintln!(
@@ -252,4 +269,99 @@ pub async fn cri_pull(endpoint: &Path, reference: &str) -> anyhow::Result<()> {
     );
     println!("{}", r.image_ref);
     Ok(())
+}
+
+/// Pull progress: bars per layer and in total on a terminal, a line per finished layer
+/// otherwise.
+struct PullDisplay {
+    bars: Option<(indicatif::MultiProgress, indicatif::ProgressBar)>,
+    layers: std::collections::HashMap<String, (u64, u64, Option<indicatif::ProgressBar>)>,
+    enabled: bool,
+    terminal: bool,
+}
+
+impl PullDisplay {
+    fn new(terminal: bool) -> Self {
+        PullDisplay {
+            bars: None,
+            layers: Default::default(),
+            enabled: true,
+            terminal,
+        }
+    }
+
+    fn short(digest: &str) -> &str {
+        let hex = digest.trim_start_matches("sha256:");
+        &hex[..hex.len().min(12)]
+    }
+
+    fn layers(&mut self, layers: &[pb::Layer]) {
+        if !self.enabled {
+            return;
+        }
+        let total: u64 = layers.iter().map(|l| l.size.max(0) as u64).sum();
+        if self.terminal {
+            let multi = indicatif::MultiProgress::new();
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix:>14} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            let all = multi.add(indicatif::ProgressBar::new(total));
+            all.set_style(style.clone());
+            all.set_prefix("total");
+            for l in layers {
+                let bar =
+                    multi.insert_before(&all, indicatif::ProgressBar::new(l.size.max(0) as u64));
+                bar.set_style(style.clone());
+                bar.set_prefix(Self::short(&l.digest).to_string());
+                self.layers
+                    .insert(l.digest.clone(), (l.size.max(0) as u64, 0, Some(bar)));
+            }
+            self.bars = Some((multi, all));
+        } else {
+            eprintln!(
+                "{} layers, {:.1} MB to fetch; each layer unpacks as it arrives",
+                layers.len(),
+                total as f64 / 1e6
+            );
+            for l in layers {
+                self.layers
+                    .insert(l.digest.clone(), (l.size.max(0) as u64, 0, None));
+            }
+        }
+    }
+
+    fn bytes(&mut self, digest: &str, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        let Some((size, done, bar)) = self.layers.get_mut(digest) else {
+            return;
+        };
+        let delta = bytes.saturating_sub(*done);
+        *done = bytes;
+        match (bar, &self.bars) {
+            (Some(bar), Some((_, all))) => {
+                bar.set_position(bytes);
+                all.inc(delta);
+                if bytes >= *size {
+                    bar.finish_with_message("done");
+                }
+            }
+            _ if bytes >= *size => eprintln!(
+                "layer {}: {:.1} MB received, unpacked as it came",
+                Self::short(digest),
+                *size as f64 / 1e6
+            ),
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, all)) = &self.bars {
+            all.finish_with_message("committed");
+        }
+        self.enabled = false;
+    }
 }

@@ -34,6 +34,15 @@ impl ImageService {
     }
 }
 
+fn layer_to_pb(l: lamina_core::image::LayerRecord) -> pb::Layer {
+    pb::Layer {
+        digest: l.digest,
+        diff_id: l.diff_id,
+        size: l.size as i64,
+        media_type: l.media_type,
+    }
+}
+
 /// The wire form of an image record.
 pub fn image_to_pb(r: ImageRecord) -> pb::Image {
     pb::Image {
@@ -72,21 +81,59 @@ impl Images for ImageService {
         Ok(Response::new(image_to_pb(rec)))
     }
 
-    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<pb::Image>, Status> {
+    type PullStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::PullProgress, Status>> + Send>,
+    >;
+
+    async fn pull(
+        &self,
+        req: Request<pb::PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
         let r = req.into_inner();
         let credentials = (!r.username.is_empty()).then_some(lamina_registry::Credentials {
             username: r.username,
             password: r.password,
         });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let progress_tx = tx.clone();
+        let progress: crate::pull::ProgressFn = std::sync::Arc::new(move |p| {
+            let msg = match p {
+                crate::pull::Progress::Layers(layers) => pb::PullProgress {
+                    layers: layers.into_iter().map(layer_to_pb).collect(),
+                    ..Default::default()
+                },
+                crate::pull::Progress::Bytes { digest, bytes } => pb::PullProgress {
+                    digest,
+                    bytes: bytes as i64,
+                    ..Default::default()
+                },
+            };
+            let _ = progress_tx.send(Ok(msg));
+        });
         let opts = crate::pull::PullOptions {
             plain_http: r.plain_http,
             credentials,
             parallelism: self.parallelism,
+            progress: Some(progress),
         };
-        let started = std::time::Instant::now();
-        let rec = crate::pull::pull(self.store.clone(), &self.hosts, &r.reference, opts).await?;
-        tracing::info!(image = %rec.name, layers = rec.layers.len(), secs = started.elapsed().as_secs_f64(), "pulled");
-        Ok(Response::new(image_to_pb(rec)))
+        let (store, hosts) = (self.store.clone(), self.hosts.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let last = match crate::pull::pull(store, &hosts, &r.reference, opts).await {
+                Ok(rec) => {
+                    tracing::info!(image = %rec.name, layers = rec.layers.len(), secs = started.elapsed().as_secs_f64(), "pulled");
+                    Ok(pb::PullProgress {
+                        image: Some(image_to_pb(rec)),
+                        ..Default::default()
+                    })
+                }
+                Err(status) => Err(status),
+            };
+            let _ = tx.send(last);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
     }
 
     async fn list(

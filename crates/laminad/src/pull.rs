@@ -19,8 +19,25 @@ use crate::status::to_status;
 /// Downloads running at once (each also feeds its layer's unpack as it arrives).
 const DOWNLOADS: usize = 8;
 
+/// A step of a pull, for progress displays.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The image's layers, bottom first, once the manifest is read.
+    Layers(Vec<LayerRecord>),
+    /// Bytes of a layer blob received (and unpacked as they arrive) so far.
+    Bytes {
+        /// The blob.
+        digest: String,
+        /// Received so far.
+        bytes: u64,
+    },
+}
+
+/// Where progress goes.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
 /// What a pull needs besides the reference.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PullOptions {
     /// Use http for this registry even if it is not on loopback.
     pub plain_http: bool,
@@ -28,6 +45,8 @@ pub struct PullOptions {
     pub credentials: Option<Credentials>,
     /// Layers unpacked at once.
     pub parallelism: usize,
+    /// Told how the pull advances.
+    pub progress: Option<ProgressFn>,
 }
 
 /// Maps registry failures onto gRPC status codes.
@@ -145,6 +164,24 @@ pub async fn pull(
     for l in manifest.layers() {
         lamina_core::image::check_layer_media_type(l.media_type().as_ref()).map_err(to_status)?;
     }
+    let report = |p: Progress| {
+        if let Some(f) = &opts.progress {
+            f(p)
+        }
+    };
+    report(Progress::Layers(
+        manifest
+            .layers()
+            .iter()
+            .zip(diff_ids)
+            .map(|(l, diff_id)| LayerRecord {
+                digest: l.digest().to_string(),
+                diff_id: diff_id.clone(),
+                size: l.size(),
+                media_type: l.media_type().to_string(),
+            })
+            .collect(),
+    ));
     // Every layer downloads at once; each download is written to the content store and,
     // at the same time, unpacked into its own directory as it arrives.
     let gate = Arc::new(Semaphore::new(DOWNLOADS));
@@ -154,6 +191,10 @@ pub async fn pull(
     for l in manifest.layers() {
         let d = digest(l.digest().as_ref())?;
         if store.content().has(&d) {
+            report(Progress::Bytes {
+                digest: d.to_string(),
+                bytes: l.size(),
+            });
             streams.push(None);
             continue;
         }
@@ -167,10 +208,10 @@ pub async fn pull(
                 .ingest(Some(&ingest_digest), ChannelReader::new(store_rx))
                 .map(|_| ())
         }));
-        let (client, gate) = (client.clone(), gate.clone());
+        let (client, gate, progress) = (client.clone(), gate.clone(), opts.progress.clone());
         pumps.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            pump(client, d, to_store, to_unpack).await
+            pump(client, d, to_store, to_unpack, progress).await
         });
     }
     let ingests = std::sync::Mutex::new(ingests);
@@ -236,7 +277,20 @@ async fn pump(
     d: Digest,
     to_store: mpsc::Sender<std::io::Result<Vec<u8>>>,
     to_unpack: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    progress: Option<ProgressFn>,
 ) -> Result<(), Status> {
+    let (mut received, mut reported) = (0u64, 0u64);
+    let mut report = |received: u64, last: bool| {
+        if let Some(f) = &progress {
+            if last || received - reported >= 1 << 20 {
+                reported = received;
+                f(Progress::Bytes {
+                    digest: d.to_string(),
+                    bytes: received,
+                });
+            }
+        }
+    };
     let mut blob = match client.blob(d.as_str(), 0).await {
         Ok(b) => b,
         Err(e) => {
@@ -250,6 +304,8 @@ async fn pump(
     loop {
         match blob.chunk().await {
             Ok(Some(chunk)) => {
+                received += chunk.len() as u64;
+                report(received, false);
                 let chunk = chunk.to_vec();
                 if unpacking && to_unpack.send(Ok(chunk.clone())).await.is_err() {
                     unpacking = false;
@@ -258,7 +314,10 @@ async fn pump(
                     return Ok(()); // the store writer failed: its error is reported
                 }
             }
-            Ok(None) => return Ok(()),
+            Ok(None) => {
+                report(received, true);
+                return Ok(());
+            }
             Err(e) => {
                 let msg = e.to_string();
                 let _ = to_store.send(Err(std::io::Error::other(msg.clone()))).await;

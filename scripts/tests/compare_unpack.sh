@@ -18,14 +18,9 @@
 # Last line: "N passed, M failed".
 set -uo pipefail
 LAMINAD=$1 LAMINA=$2 WORK=$3
-HERE=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${SHARED:-$(cd "$HERE/../shared" && pwd)}
 export BENCH_STATE=$WORK/bench BENCH_FS=host REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5077}
-# shellcheck source=/dev/null
-source "$SHARED/bench/lib.sh"
-passed=0; failed=0
-ok() { passed=$((passed+1)); echo "PASS: $*"; }
-bad() { failed=$((failed+1)); echo "FAIL: $*"; }
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"   # HERE, SHARED, lib.sh, ok, bad, summary
 DPID=
 cleanup() {
   for m in $(grep -F " $WORK/" /proc/self/mounts | awk '{print $2}' | sort -r); do umount -l "$m" 2>/dev/null; done
@@ -36,9 +31,9 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$WORK"
 python3 "$SHARED/bench/mkimage.py" small --comp gzip --comp zstd --comp none --out "$WORK/images" >/dev/null \
-  || { bad "mkimage.py small"; echo "$passed passed, $failed failed"; exit 1; }
+  || { bad "mkimage.py small"; summary; exit 1; }
 python3 "$HERE/scripts/tests/mkimage_all_types.py" "$WORK/images/all-types" all-types >/dev/null \
-  || { bad "mkimage_all_types.py"; echo "$passed passed, $failed failed"; exit 1; }
+  || { bad "mkimage_all_types.py"; summary; exit 1; }
 # Each image: "short name|archive|layout dir:ref|name in the archive"
 IMAGES=(
   "gzip|$WORK/images/small-gzip.tar|$WORK/images/small-gzip:small-gzip|docker.io/bench/small:gzip"
@@ -47,7 +42,7 @@ IMAGES=(
   "all-types|$WORK/images/all-types.tar|$WORK/images/all-types:all-types|docker.io/lamina/all-types:latest"
 )
 
-ctd_start "$WORK/ctd" || { bad "containerd start"; echo "$passed passed, $failed failed"; exit 1; }
+ctd_start "$WORK/ctd" || { bad "containerd start"; summary; exit 1; }
 "$LAMINAD" --root "$WORK/lamina-root" --socket "$WORK/lamina.sock" --log-level warn 2>"$WORK/laminad.log" &
 DPID=$!
 for _ in $(seq 100); do [ -S "$WORK/lamina.sock" ] && break; sleep 0.1; done
@@ -112,5 +107,4 @@ if command -v skopeo >/dev/null && registry_start; then
 else
   bad "skopeo or docker-registry unavailable: pull comparison not run"
 fi
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary

@@ -12,15 +12,10 @@
 # Last line: "N passed, M failed".
 set -uo pipefail
 LAMINAD=$1 LAMINA=$2 WORK=$3
-HERE=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${SHARED:-$(cd "$HERE/../shared" && pwd)}
 export BENCH_STATE=$WORK/bench BENCH_FS=host REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5078}
-# shellcheck source=/dev/null
-source "$SHARED/bench/lib.sh"
-passed=0; failed=0
-ok() { passed=$((passed+1)); echo "PASS: $*"; }
-bad() { failed=$((failed+1)); echo "FAIL: $*"; }
-finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit; }
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"   # HERE, SHARED, lib.sh, ok, bad, summary
+finish() { summary; exit; }
 DPID= CPID=
 cleanup() {
   [ -n "$CPID" ] && kill "$CPID" 2>/dev/null && wait "$CPID" 2>/dev/null

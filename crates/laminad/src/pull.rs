@@ -169,19 +169,18 @@ pub async fn pull(
             f(p)
         }
     };
-    report(Progress::Layers(
-        manifest
-            .layers()
-            .iter()
-            .zip(diff_ids)
-            .map(|(l, diff_id)| LayerRecord {
-                digest: l.digest().to_string(),
-                diff_id: diff_id.clone(),
-                size: l.size(),
-                media_type: l.media_type().to_string(),
-            })
-            .collect(),
-    ));
+    let layers: Vec<LayerRecord> = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, diff_id)| LayerRecord {
+            digest: l.digest().to_string(),
+            diff_id: diff_id.clone(),
+            size: l.size(),
+            media_type: l.media_type().to_string(),
+        })
+        .collect();
+    report(Progress::Layers(layers.clone()));
     // Every layer downloads at once; each download is written to the content store and,
     // at the same time, unpacked into its own directory as it arrives.
     let gate = Arc::new(Semaphore::new(DOWNLOADS));
@@ -215,17 +214,6 @@ pub async fn pull(
         });
     }
     let ingests = std::sync::Mutex::new(ingests);
-    let layers = manifest
-        .layers()
-        .iter()
-        .zip(diff_ids)
-        .map(|(l, diff_id)| LayerRecord {
-            digest: l.digest().to_string(),
-            diff_id: diff_id.clone(),
-            size: l.size(),
-            media_type: l.media_type().to_string(),
-        })
-        .collect();
     let parallelism = opts.parallelism.max(1);
     let unpack = tokio::task::spawn_blocking(move || {
         // Waits for every blob to be complete and verified in the content store.

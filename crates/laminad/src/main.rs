@@ -80,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("log level {:?}", cfg.log_level))?;
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .init();
             server::run(cfg)

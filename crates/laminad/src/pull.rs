@@ -186,7 +186,7 @@ pub async fn pull(
     let gate = Arc::new(Semaphore::new(DOWNLOADS));
     let mut pumps = tokio::task::JoinSet::new();
     let mut streams: Vec<Option<Box<dyn std::io::Read + Send>>> = Vec::new();
-    let mut ingests = Vec::new();
+    let ingests: BlobWriters = Arc::default();
     for l in manifest.layers() {
         let d = digest(l.digest().as_ref())?;
         if store.content().has(&d) {
@@ -198,22 +198,14 @@ pub async fn pull(
             continue;
         }
         let (to_unpack, unpack_rx) = mpsc::channel(32);
-        let (to_store, store_rx) = mpsc::channel(32);
         streams.push(Some(Box::new(ChannelReader::new(unpack_rx))));
-        let (ingest_store, ingest_digest) = (store.clone(), d.clone());
-        ingests.push(std::thread::spawn(move || {
-            ingest_store
-                .content()
-                .ingest(Some(&ingest_digest), ChannelReader::new(store_rx))
-                .map(|_| ())
-        }));
         let (client, gate, progress) = (client.clone(), gate.clone(), opts.progress.clone());
+        let (pump_store, writers) = (store.clone(), ingests.clone());
         pumps.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            pump(client, d, to_store, to_unpack, progress).await
+            pump(pump_store, writers, client, d, to_unpack, progress).await
         });
     }
-    let ingests = std::sync::Mutex::new(ingests);
     let parallelism = opts.parallelism.max(1);
     let unpack = tokio::task::spawn_blocking(move || {
         // Waits for every blob to be complete and verified in the content store.
@@ -258,12 +250,18 @@ pub async fn pull(
     unpacked.map_err(to_status)
 }
 
-/// Moves blob `d` from the registry to the content store writer and to the unpacker.
-/// The unpacker may stop early (it failed: its own error says why); the store must not.
+/// The threads writing blobs into the content store; `blobs_ready` waits for them.
+type BlobWriters = Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<lamina_core::Result<()>>>>>;
+
+/// Moves blob `d` from the registry to a content store writer (started here, registered
+/// in `writers`) and to the unpacker. A download that broke off earlier resumes where it
+/// stopped when the registry honours ranges; the unpacker then gets the kept bytes first.
+/// The unpacker may stop early (it failed: its own error says why); the writer must not.
 async fn pump(
+    store: Arc<Snapshotter>,
+    writers: BlobWriters,
     client: Arc<RegistryClient>,
     d: Digest,
-    to_store: mpsc::Sender<std::io::Result<Vec<u8>>>,
     to_unpack: mpsc::Sender<std::io::Result<Vec<u8>>>,
     progress: Option<ProgressFn>,
 ) -> Result<(), Status> {
@@ -279,15 +277,55 @@ async fn pump(
             }
         }
     };
-    let mut blob = match client.blob(d.as_str(), 0).await {
+    let kept = store.content().partial_len(&d);
+    let mut blob = match client.blob(d.as_str(), kept).await {
         Ok(b) => b,
         Err(e) => {
-            let msg = e.to_string();
-            let _ = to_store.send(Err(std::io::Error::other(msg.clone()))).await;
-            let _ = to_unpack.send(Err(std::io::Error::other(msg))).await;
+            let _ = to_unpack
+                .send(Err(std::io::Error::other(e.to_string())))
+                .await;
             return Err(registry_status(e));
         }
     };
+    let offset = blob.offset;
+    let (to_store, store_rx) = mpsc::channel(32);
+    let (writer_store, writer_digest) = (store.clone(), d.clone());
+    writers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(std::thread::spawn(move || {
+            writer_store
+                .content()
+                .ingest_from(Some(&writer_digest), offset, ChannelReader::new(store_rx))
+                .map(|_| ())
+        }));
+    if offset > 0 {
+        tracing::info!(digest = %d, offset, "resuming an interrupted download");
+        let path = store.content().partial_path(&d);
+        let mut prefix = match tokio::fs::File::open(&path).await {
+            Ok(f) => tokio::io::AsyncReadExt::take(f, offset),
+            Err(e) => {
+                let _ = to_unpack
+                    .send(Err(std::io::Error::other(e.to_string())))
+                    .await;
+                return Err(Status::internal(format!("open {}: {e}", path.display())));
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; 256 << 10];
+            let n = tokio::io::AsyncReadExt::read(&mut prefix, &mut buf)
+                .await
+                .map_err(|e| Status::internal(format!("read {}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            received += n as u64;
+            if to_unpack.send(Ok(buf)).await.is_err() {
+                break;
+            }
+        }
+    }
     let mut unpacking = true;
     loop {
         match blob.chunk().await {

@@ -17,3 +17,21 @@ stop_pid() {   # stop_pid PID: SIGTERM, up to 30 s, then SIGKILL
   if kill -0 "$pid" 2>/dev/null; then log "pid $pid ignored SIGTERM for 30 s: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
   wait "$pid" 2>/dev/null || true
 }
+
+install_pkgs() {   # install_pkgs PKG...: apt-get install what is missing (update only if needed)
+  local need=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+  done
+  [ ${#need[@]} -gt 0 ] || return 0
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need[@]}" >&2 ||
+    { apt-get -o DPkg::Lock::Timeout=600 update >&2 &&
+      apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need[@]}" >&2; }
+}
+
+take_bench_lock() {   # one benchmark at a time per BENCH_STATE: they share the loop device and $FSMNT
+  exec 9>"$BENCH_STATE/.snapshot_bench.lock"
+  flock -n 9 || die "another benchmark holds $BENCH_STATE/.snapshot_bench.lock (snapshot_bench.sh or pull_bench.sh)"
+}

@@ -80,29 +80,16 @@ NS=bench
 
 BENCH_NAME=pull_bench
 # shellcheck source=common.sh
-source "$HERE/common.sh"   # log, die, umount_under, stop_pid
+source "$HERE/common.sh"   # log, die, umount_under, stop_pid, install_pkgs, take_bench_lock
 
 [ "$(id -u)" = 0 ] || die "must run as root (mounts, loop devices)"
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites (idempotent)
-need_pkgs=()
-for p in containerd runc docker-registry skopeo pigz curl e2fsprogs util-linux mount python3 coreutils; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need_pkgs[@]}" >&2 ||
-    { apt-get -o DPkg::Lock::Timeout=600 update >&2 &&
-      apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need_pkgs[@]}" >&2; }
-fi
+install_pkgs containerd runc docker-registry skopeo pigz curl e2fsprogs util-linux mount python3 coreutils
 
 mkdir -p "$BENCH_STATE" "$OUTDIR/bin" "$SOCKDIR"
-# one benchmark at a time per BENCH_STATE: snapshot_bench.sh and this script share the loop
-# device and $FSMNT, so both take the same lock
-exec 9>"$BENCH_STATE/.snapshot_bench.lock"
-flock -n 9 || die "another bench holds $BENCH_STATE/.snapshot_bench.lock (snapshot_bench.sh or pull_bench.sh)"
+take_bench_lock
 
 if [ "$BUILD" = always ] || [ ! -x "$LAMINAD_SRC" ] || [ ! -x "$LAMINA_SRC" ] ||
    ! "$LAMINA_SRC" pull --help > /dev/null 2>&1; then

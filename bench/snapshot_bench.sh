@@ -60,28 +60,16 @@ REFSNAP_STATE=${CONFORMANCE_STATE_DIR:-/var/tmp/snapshotter-conformance}
 
 BENCH_NAME=snapshot_bench
 # shellcheck source=common.sh
-source "$HERE/common.sh"   # log, die, umount_under, stop_pid
+source "$HERE/common.sh"   # log, die, umount_under, stop_pid, install_pkgs, take_bench_lock
 
 [ "$(id -u)" = 0 ] || die "must run as root (mounts, loop devices)"
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites (idempotent)
-need_pkgs=()
-for p in golang-go golang-github-containerd-containerd-dev e2fsprogs util-linux mount python3; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need_pkgs[@]}" >&2 ||
-    { apt-get -o DPkg::Lock::Timeout=600 update >&2 &&
-      apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need_pkgs[@]}" >&2; }
-fi
+install_pkgs golang-go golang-github-containerd-containerd-dev e2fsprogs util-linux mount python3
 
 mkdir -p "$BENCH_STATE" "$OUTDIR" "$SOCKDIR"
-# one benchmark at a time per BENCH_STATE (they share the loop device and $FSMNT)
-exec 9>"$BENCH_STATE/.snapshot_bench.lock"
-flock -n 9 || die "another snapshot_bench.sh holds $BENCH_STATE/.snapshot_bench.lock"
+take_bench_lock
 
 if [ ! -x "$BENCH_BIN/snapshot_ops" ]; then
   log "building the shared Go bench tools ($SHARED_BENCH/build.sh)"

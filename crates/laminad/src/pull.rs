@@ -84,7 +84,8 @@ async fn store_bytes(store: &Arc<Snapshotter>, d: Digest, bytes: Vec<u8>) -> Res
         .map_err(to_status)
 }
 
-/// Streams blob `d` from the registry into the content store.
+/// Streams blob `d` from the registry into the content store (resuming a download that
+/// broke off earlier), with nothing unpacking it: [`pump`] with no reader on its unpack side.
 pub async fn download(
     store: Arc<Snapshotter>,
     client: Arc<RegistryClient>,
@@ -93,40 +94,31 @@ pub async fn download(
     if store.content().has(&d) {
         return Ok(());
     }
-    let mut blob = client.blob(d.as_str(), 0).await.map_err(registry_status)?;
-    let (tx, rx) = mpsc::channel(16);
-    let writer = {
-        let (store, d) = (store.clone(), d.clone());
-        tokio::task::spawn_blocking(move || {
-            store
-                .content()
-                .ingest(Some(&d), ChannelReader::new(rx))
-                .map(|_| ())
-        })
-    };
-    let pumped = async {
-        loop {
-            match blob.chunk().await {
-                Ok(Some(chunk)) => {
-                    if tx.send(Ok(chunk.to_vec())).await.is_err() {
-                        return Ok(()); // the writer stopped: its result says why
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    return Err(registry_status(e));
-                }
-            }
-        }
-    }
-    .await;
-    drop(tx);
-    let written = writer
+    let writers = BlobWriters::default();
+    let (nobody_unpacks, _) = mpsc::channel(1);
+    let pumped = pump(store, writers.clone(), client, d, nobody_unpacks, None).await;
+    let written = tokio::task::spawn_blocking(move || join_writers(&writers))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(to_status);
     pumped.and(written)
+}
+
+/// Waits for every registered blob writer; the first error wins.
+fn join_writers(writers: &BlobWriters) -> lamina_core::Result<()> {
+    let handles = std::mem::take(&mut *writers.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut first_err = Ok(());
+    for h in handles {
+        let r = h.join().unwrap_or_else(|_| {
+            Err(lamina_core::Error::FailedPrecondition(
+                "blob writer panicked".into(),
+            ))
+        });
+        if first_err.is_ok() {
+            first_err = r;
+        }
+    }
+    first_err
 }
 
 /// Pulls `reference` into `store`.
@@ -209,21 +201,7 @@ pub async fn pull(
     let parallelism = opts.parallelism.max(1);
     let unpack = tokio::task::spawn_blocking(move || {
         // Waits for every blob to be complete and verified in the content store.
-        let blobs_ready = || -> lamina_core::Result<()> {
-            let handles = std::mem::take(&mut *ingests.lock().unwrap_or_else(|p| p.into_inner()));
-            let mut first_err = Ok(());
-            for h in handles {
-                let r = h.join().unwrap_or_else(|_| {
-                    Err(lamina_core::Error::FailedPrecondition(
-                        "blob writer panicked".into(),
-                    ))
-                });
-                if first_err.is_ok() {
-                    first_err = r;
-                }
-            }
-            first_err
-        };
+        let blobs_ready = || join_writers(&ingests);
         lamina_core::image::unpack_and_record_streamed(
             &store,
             &r.name(),

@@ -1,6 +1,8 @@
 //! Talking to one repository of a registry: manifests (with platform choice) and blobs,
 //! endpoint by endpoint (mirrors first), answering auth challenges on the way.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -9,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Mutex;
 
 use crate::auth::parse_challenge;
-use crate::hosts::{Endpoint, HostsConfig};
+use crate::hosts::{ClientCert, Endpoint, HostsConfig};
 use crate::reference::Reference;
 use crate::{RegistryError, Result};
 
@@ -59,13 +61,85 @@ impl Blob {
 
 /// One repository on one registry (all its endpoints).
 pub struct RegistryClient {
-    http: reqwest::Client,
-    insecure: reqwest::Client,
-    endpoints: Vec<Endpoint>,
+    /// The endpoints, mirrors first, each with the HTTP client of its TLS settings.
+    endpoints: Vec<(Endpoint, reqwest::Client)>,
     repository: String,
     credentials: Option<Credentials>,
-    /// The Authorization header that last worked.
-    auth: Mutex<Option<String>>,
+    /// The Authorization header that last worked, per endpoint (by index), so one host's
+    /// token never travels to another.
+    auth: Mutex<HashMap<usize, String>>,
+}
+
+/// Reads a PEM file named by a hosts.toml.
+fn read_pem(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| RegistryError::Config {
+        path: path.display().to_string(),
+        reason: format!("reading certificate file: {e}"),
+    })
+}
+
+/// The TLS settings of an endpoint that need their own HTTP client.
+#[derive(PartialEq, Eq, Hash)]
+struct TlsSettings<'a> {
+    skip_verify: bool,
+    ca: &'a [std::path::PathBuf],
+    client: Option<&'a ClientCert>,
+}
+
+/// An HTTP client for `tls`: system roots plus the `ca` files, the client certificate,
+/// or no verification at all (`skip_verify`). Unusable files are `Config` errors.
+fn http_client(tls: &TlsSettings<'_>, host: &str) -> Result<reqwest::Client> {
+    let mut roots = Vec::new();
+    for path in tls.ca {
+        let pem = read_pem(path)?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| RegistryError::Config {
+                path: path.display().to_string(),
+                reason: format!("not a PEM certificate bundle: {e}"),
+            })?;
+        if certs.is_empty() {
+            return Err(RegistryError::Config {
+                path: path.display().to_string(),
+                reason: "no certificate in the file".into(),
+            });
+        }
+        roots.extend(certs);
+    }
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .user_agent(concat!("lamina/", env!("CARGO_PKG_VERSION")))
+        .tls_danger_accept_invalid_certs(tls.skip_verify)
+        .tls_certs_merge(roots);
+    if let Some(c) = tls.client {
+        let mut pem = read_pem(&c.cert)?;
+        if let Some(key) = &c.key {
+            pem.push(b'\n');
+            pem.extend(read_pem(key)?);
+        }
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| RegistryError::Config {
+            path: c.cert.display().to_string(),
+            reason: format!("client certificate and key: {e}"),
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| {
+        // Certificates that parse but are unusable (e.g. X.509 v1) fail here.
+        let files: Vec<String> = tls
+            .ca
+            .iter()
+            .chain(tls.client.map(|c| &c.cert))
+            .map(|p| p.display().to_string())
+            .collect();
+        RegistryError::Config {
+            path: if files.is_empty() {
+                host.to_owned()
+            } else {
+                files.join(", ")
+            },
+            reason: format!("TLS settings: {}", crate::error_chain(&e)),
+        }
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -88,25 +162,37 @@ impl RegistryClient {
         plain_http: bool,
         credentials: Option<Credentials>,
     ) -> Result<Self> {
-        let build = |insecure: bool| {
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(Duration::from_secs(60))
-                .danger_accept_invalid_certs(insecure)
-                .user_agent(concat!("lamina/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|source| RegistryError::Transport {
-                    url: reference.host.clone(),
-                    source,
-                })
-        };
+        let endpoints = hosts.endpoints(&reference.host, plain_http)?;
+        // Endpoints with the same TLS settings share one client (and its connections).
+        let mut clients: HashMap<TlsSettings<'_>, reqwest::Client> = HashMap::new();
+        let mut with_clients = Vec::with_capacity(endpoints.len());
+        for ep in &endpoints {
+            if ep.client.len() > 1 {
+                tracing::warn!(
+                    endpoint = %ep.base,
+                    "several client certificates configured; presenting only the first"
+                );
+            }
+            let tls = TlsSettings {
+                skip_verify: ep.skip_verify,
+                ca: &ep.ca,
+                client: ep.client.first(),
+            };
+            let client = match clients.get(&tls) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = http_client(&tls, &reference.host)?;
+                    clients.insert(tls, c.clone());
+                    c
+                }
+            };
+            with_clients.push((ep.clone(), client));
+        }
         Ok(RegistryClient {
-            http: build(false)?,
-            insecure: build(true)?,
-            endpoints: hosts.endpoints(&reference.host, plain_http)?,
+            endpoints: with_clients,
             repository: reference.repository.clone(),
             credentials,
-            auth: Mutex::new(None),
+            auth: Mutex::new(HashMap::new()),
         })
     }
 
@@ -119,13 +205,17 @@ impl RegistryClient {
         by_tag: bool,
     ) -> Result<(reqwest::Response, String)> {
         let mut last_err = None;
-        for ep in self
-            .endpoints
-            .iter()
-            .filter(|e| if by_tag { e.resolve } else { e.pull })
+        for (index, (ep, client)) in
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, (e, _))| if by_tag { e.resolve } else { e.pull })
         {
             let url = format!("{}/{}/{}", ep.base, self.repository, path);
-            match self.get_from(ep, &url, accept, range_from).await {
+            match self
+                .get_from(index, ep, client, &url, accept, range_from)
+                .await
+            {
                 Ok(r) => return Ok((r, url)),
                 // A mirror without the content: try the next endpoint.
                 Err(
@@ -146,17 +236,16 @@ impl RegistryClient {
 
     async fn get_from(
         &self,
+        index: usize,
         ep: &Endpoint,
+        client: &reqwest::Client,
         url: &str,
         accept: &str,
         range_from: u64,
     ) -> Result<reqwest::Response> {
-        let client = if ep.skip_verify {
-            &self.insecure
-        } else {
-            &self.http
-        };
-        for attempt in 0..2 {
+        // One retry, after answering the registry's auth challenge.
+        let mut answered_challenge = false;
+        loop {
             let mut req = client.get(url).header("Accept", accept);
             for (k, v) in &ep.headers {
                 req = req.header(k.as_str(), v.as_str());
@@ -164,7 +253,7 @@ impl RegistryClient {
             if range_from > 0 {
                 req = req.header("Range", format!("bytes={range_from}-"));
             }
-            if let Some(a) = self.auth.lock().await.clone() {
+            if let Some(a) = self.auth.lock().await.get(&index).cloned() {
                 req = req.header("Authorization", a);
             }
             let resp = req
@@ -175,7 +264,7 @@ impl RegistryClient {
                     source,
                 })?;
             let status = resp.status().as_u16();
-            if status == 401 && attempt == 0 {
+            if status == 401 && !answered_challenge {
                 let challenge = resp
                     .headers()
                     .get("www-authenticate")
@@ -183,25 +272,39 @@ impl RegistryClient {
                     .unwrap_or("")
                     .to_owned();
                 let header = self.authenticate(client, url, &challenge).await?;
-                *self.auth.lock().await = Some(header);
+                self.auth.lock().await.insert(index, header);
+                answered_challenge = true;
                 continue;
             }
+            if status == 401 {
+                // Refused even with the answer to its challenge.
+                let body = Self::body_start(resp).await;
+                let who = if self.credentials.is_some() {
+                    "the credentials given were refused"
+                } else {
+                    "anonymous access was refused (give credentials)"
+                };
+                return Err(RegistryError::Auth {
+                    url: url.to_owned(),
+                    reason: format!("HTTP 401 Unauthorized: {who}: {body}"),
+                });
+            }
             if !(200..300).contains(&status) {
-                let body = resp.text().await.unwrap_or_default();
-                let body: String = body.trim().chars().take(300).collect();
                 return Err(RegistryError::Status {
                     method: "GET",
                     url: url.to_owned(),
                     status,
-                    body,
+                    body: Self::body_start(resp).await,
                 });
             }
             return Ok(resp);
         }
-        Err(RegistryError::Auth {
-            url: url.to_owned(),
-            reason: "credentials were refused".into(),
-        })
+    }
+
+    /// The start of an error response's body, where registries explain themselves.
+    async fn body_start(resp: reqwest::Response) -> String {
+        let body = resp.text().await.unwrap_or_default();
+        body.trim().chars().take(300).collect()
     }
 
     /// Turns a challenge into an Authorization header value.
@@ -215,12 +318,16 @@ impl RegistryClient {
             url: url.to_owned(),
             reason,
         };
-        let c = parse_challenge(challenge)
-            .ok_or_else(|| auth_err("no WWW-Authenticate challenge".into()))?;
+        let c = parse_challenge(challenge).ok_or_else(|| {
+            auth_err("HTTP 401 Unauthorized without a WWW-Authenticate challenge".into())
+        })?;
         match c.scheme.as_str() {
             "basic" => {
                 let cr = self.credentials.as_ref().ok_or_else(|| {
-                    auth_err("registry wants basic auth: give credentials".into())
+                    auth_err(
+                        "HTTP 401 Unauthorized: the registry asks for basic auth credentials and none were given"
+                            .into(),
+                    )
                 })?;
                 let raw = format!("{}:{}", cr.username, cr.password);
                 Ok(format!(
@@ -253,9 +360,15 @@ impl RegistryClient {
                         source,
                     })?;
                 if !resp.status().is_success() {
+                    let status = resp.status();
+                    let who = if self.credentials.is_some() {
+                        "with the credentials given"
+                    } else {
+                        "to an anonymous request"
+                    };
+                    let body = Self::body_start(resp).await;
                     return Err(auth_err(format!(
-                        "token endpoint {realm} answered HTTP {}",
-                        resp.status().as_u16()
+                        "token endpoint {realm} answered HTTP {status} {who}: {body}"
                     )));
                 }
                 let body: serde_json::Value =
@@ -404,5 +517,208 @@ impl RegistryClient {
             url,
             offset,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A self-signed EC CA, only ever used to check that certificate files load.
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBkzCCATmgAwIBAgIUZ8p9jfZd+ji4/RQBWPCea9CDDW8wCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTbGFtaW5hIHVuaXQtdGVzdCBDQTAgFw0yNjExMjQwNjAwNDFa
+GA8yMTI2MTAzMTA2MDA0MVowHjEcMBoGA1UEAwwTbGFtaW5hIHVuaXQtdGVzdCBD
+QTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABOmZ+BHHdSWhgOOsWaXfk2iyboHU
+gBcPPt01pEvENGX7DB4xrYDgXgWJUf+JyEdh3ZsdszaK78rzE8QHW0HBgPSjUzBR
+MB0GA1UdDgQWBBQ7AZ8T9qYkB5anmw1+400mCSnboTAfBgNVHSMEGDAWgBQ7AZ8T
+9qYkB5anmw1+400mCSnboTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gA
+MEUCIGgCbnDV8YRqSkoephDhhWiRpEPzcjdHJHCWSAwA0x8mAiEArRLmY/CFCQEz
+zsKxxEw7PtdHyMU7bsYKxz2bKhbMaXY=
+-----END CERTIFICATE-----
+";
+    /// A client certificate signed by `CA_PEM`, and its key.
+    const CLIENT_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBszCCAVmgAwIBAgIUGdL5talmKF3WyGLo0209LCjMrtYwCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTbGFtaW5hIHVuaXQtdGVzdCBDQTAgFw0yNjExMjQwNjAxMzRa
+GA8yMTI2MTAzMTA2MDEzNFowIjEgMB4GA1UEAwwXbGFtaW5hIHVuaXQtdGVzdCBj
+bGllbnQwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATu/KjBRQ59HTQGotW5OU/R
+8knE9+YczgpNH9vF26qnQUGFuPQjc39+7JDfCBQC2mooqzmzOuRCSlnxU71JECDu
+o28wbTAJBgNVHRMEAjAAMAsGA1UdDwQEAwIHgDATBgNVHSUEDDAKBggrBgEFBQcD
+AjAdBgNVHQ4EFgQUF5z22yJLlQ1sXPjrp0AvdG8UgKcwHwYDVR0jBBgwFoAUOwGf
+E/amJAeWp5sNfuNNJgkp26EwCgYIKoZIzj0EAwIDSAAwRQIgIjqGSxNRBHE4Tysi
+1xmVwqIWU09ukkFAKN9yS5j3ll0CIQC8TMmyy4M/qKT5SwKkUCpY9gg7I/K57G2b
+ZFv1Wc3/qA==
+-----END CERTIFICATE-----
+";
+    /// An X.509 version 1 certificate (no extensions).
+    const V1_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBPDCB4wIUGdL5talmKF3WyGLo0209LCjMrtUwCgYIKoZIzj0EAwIwHjEcMBoG
+A1UEAwwTbGFtaW5hIHVuaXQtdGVzdCBDQTAgFw0yNjExMjQwNjAwNDFaGA8yMTI2
+MTAzMTA2MDA0MVowIjEgMB4GA1UEAwwXbGFtaW5hIHVuaXQtdGVzdCBjbGllbnQw
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATu/KjBRQ59HTQGotW5OU/R8knE9+Yc
+zgpNH9vF26qnQUGFuPQjc39+7JDfCBQC2mooqzmzOuRCSlnxU71JECDuMAoGCCqG
+SM49BAMCA0gAMEUCIBd/F4mqdpmggznb87r2gKV04s2PsjFl7P0avReOs4PIAiEA
+tdhAL2Icjtg6gn9/TybEpx6ajhV4AxzWRdOK7UuCY+Y=
+-----END CERTIFICATE-----
+";
+    const CLIENT_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg9P7YV0V6XC+PHTS5
+9hR5Chcx8PwQm7epEEH2C8ZZ/E6hRANCAATu/KjBRQ59HTQGotW5OU/R8knE9+Yc
+zgpNH9vF26qnQUGFuPQjc39+7JDfCBQC2mooqzmzOuRCSlnxU71JECDu
+-----END PRIVATE KEY-----
+";
+
+    /// A config dir whose `reg.example/hosts.toml` is `hosts_toml`, with the test
+    /// certificates beside it.
+    fn config(hosts_toml: &str) -> (tempfile::TempDir, HostsConfig) {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("reg.example");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ca.pem"), CA_PEM).unwrap();
+        std::fs::write(d.join("client.pem"), CLIENT_PEM).unwrap();
+        std::fs::write(d.join("client.key"), CLIENT_KEY).unwrap();
+        std::fs::write(d.join("combined.pem"), format!("{CLIENT_PEM}{CLIENT_KEY}")).unwrap();
+        std::fs::write(d.join("garbage.pem"), "not a certificate\n").unwrap();
+        std::fs::write(d.join("v1.pem"), V1_PEM).unwrap();
+        std::fs::write(d.join("hosts.toml"), hosts_toml).unwrap();
+        let cfg = HostsConfig {
+            dir: Some(t.path().to_path_buf()),
+        };
+        (t, cfg)
+    }
+
+    fn client(cfg: &HostsConfig) -> Result<RegistryClient> {
+        RegistryClient::new(
+            &Reference::parse("reg.example/app:1").unwrap(),
+            cfg,
+            false,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn loads_ca_and_client_certificates() {
+        for good in [
+            "ca = \"ca.pem\"\n",
+            "ca = [\"ca.pem\", \"ca.pem\"]\nclient = [[\"client.pem\", \"client.key\"]]\n",
+            "client = \"combined.pem\"\n",
+            "[host.\"https://mirror.example\"]\nca = \"ca.pem\"\nclient = [\"combined.pem\"]\n",
+        ] {
+            let (_t, cfg) = config(good);
+            let c = client(&cfg).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert!(!c.endpoints.is_empty());
+        }
+        for (bad, file) in [
+            ("ca = \"missing.pem\"\n", "missing.pem"),
+            ("ca = \"garbage.pem\"\n", "garbage.pem"),
+            // A certificate without its key.
+            ("client = \"client.pem\"\n", "client.pem"),
+            (
+                "client = [[\"client.pem\", \"missing.key\"]]\n",
+                "missing.key",
+            ),
+            // Parses, but rustls refuses an X.509 v1 client certificate.
+            ("client = [[\"v1.pem\", \"client.key\"]]\n", "v1.pem"),
+        ] {
+            let (_t, cfg) = config(bad);
+            match client(&cfg) {
+                Err(RegistryError::Config { path, .. }) => {
+                    assert!(path.ends_with(file), "{bad}: error names {path}")
+                }
+                Err(e) => panic!("{bad}: wrong error {e}"),
+                Ok(_) => panic!("{bad}: accepted"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn transport_errors_carry_their_cause() {
+        // Port 1 on loopback: nothing listens there.
+        let c = RegistryClient::new(
+            &Reference::parse("127.0.0.1:1/app:1").unwrap(),
+            &HostsConfig::default(),
+            false,
+            None,
+        )
+        .unwrap();
+        let r = Reference::parse("127.0.0.1:1/app:1").unwrap();
+        let err = c.resolve(&r).await.unwrap_err().to_string();
+        assert!(err.contains("refused"), "{err}");
+    }
+
+    /// A registry that answers every request with 401 and a Basic challenge; sends the
+    /// Authorization headers it saw (empty: none) down the channel.
+    async fn refusing_registry() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let auth = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("authorization:")
+                            .then(|| l["authorization:".len()..].trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let _ = tx.send(auth);
+                let body =
+                    r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+                let resp = format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn basic_auth_refusals_are_explained() {
+        let (addr, mut seen) = refusing_registry().await;
+        let r = Reference::parse(&format!("{addr}/app:1")).unwrap();
+        let hosts = HostsConfig::default();
+
+        let anonymous = RegistryClient::new(&r, &hosts, false, None).unwrap();
+        let err = anonymous.resolve(&r).await.unwrap_err();
+        assert!(matches!(err, RegistryError::Auth { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("401 Unauthorized") && msg.contains("none were given"),
+            "{msg}"
+        );
+        assert_eq!(seen.recv().await.unwrap(), "");
+
+        let creds = Credentials {
+            username: "alice".into(),
+            password: "wrong".into(),
+        };
+        let refused = RegistryClient::new(&r, &hosts, false, Some(creds)).unwrap();
+        let err = refused.resolve(&r).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, RegistryError::Auth { .. }), "{msg}");
+        assert!(
+            msg.contains("401 Unauthorized")
+                && msg.contains("credentials given were refused")
+                && msg.contains("UNAUTHORIZED"),
+            "{msg}"
+        );
+        // First without credentials, then with the Basic answer to the challenge.
+        assert_eq!(seen.recv().await.unwrap(), "");
+        let basic = base64::engine::general_purpose::STANDARD.encode("alice:wrong");
+        assert_eq!(seen.recv().await.unwrap(), format!("Basic {basic}"));
     }
 }

@@ -1,6 +1,7 @@
 //! A client of the OCI distribution API, for pulling images: references, containerd's
-//! `hosts.toml` registry configuration (mirrors, plain HTTP, headers), bearer-token and
-//! basic authentication, manifest resolution with platform choice, and blob downloads.
+//! `hosts.toml` registry configuration (mirrors, plain HTTP, headers, private CAs and
+//! client certificates), bearer-token and basic authentication, manifest resolution with
+//! platform choice, and blob downloads.
 
 mod auth;
 mod client;
@@ -8,7 +9,7 @@ mod hosts;
 mod reference;
 
 pub use client::{Blob, Credentials, RegistryClient, Resolved};
-pub use hosts::{Endpoint, HostsConfig};
+pub use hosts::{ClientCert, Endpoint, HostsConfig};
 pub use reference::Reference;
 
 /// Why a registry operation failed.
@@ -31,7 +32,7 @@ pub enum RegistryError {
         reason: String,
     },
     /// The registry answered with an error status.
-    #[error("{method} {url}: HTTP {status}: {body}")]
+    #[error("{method} {url}: HTTP {status}{}: {body}", status_reason(*.status))]
     Status {
         /// GET or HEAD.
         method: &'static str,
@@ -42,8 +43,9 @@ pub enum RegistryError {
         /// The start of the response body (registries explain errors there).
         body: String,
     },
-    /// The registry could not be reached (after trying every endpoint).
-    #[error("{url}: {source}")]
+    /// The registry could not be reached (after trying every endpoint); the message
+    /// carries the whole cause chain (e.g. the TLS certificate problem).
+    #[error("{url}: {}", error_chain(.source))]
     Transport {
         /// The URL asked.
         url: String,
@@ -94,6 +96,31 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// " Unauthorized" for 401: the reason phrase of an HTTP status, after a space.
+fn status_reason(status: u16) -> String {
+    reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default()
+}
+
+/// `e` and its sources, joined by ": ", each message once (HTTP client errors repeat
+/// their causes).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// Result alias for registry operations.

@@ -52,10 +52,7 @@ impl Blob {
         self.response
             .chunk()
             .await
-            .map_err(|source| RegistryError::Transport {
-                url: self.url.clone(),
-                source,
-            })
+            .map_err(|source| RegistryError::transport(self.url.clone(), source))
     }
 }
 
@@ -256,13 +253,26 @@ impl RegistryClient {
             if let Some(a) = self.auth.lock().await.get(&index).cloned() {
                 req = req.header("Authorization", a);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|source| RegistryError::Transport {
+            let resp = req.send().await.map_err(|source| {
+                // Over TLS 1.3 a server refuses a missing client certificate only after
+                // the handshake, and whether the request then fails with its alert, a
+                // broken pipe or a cancellation is a race: say what it likely is.
+                let hint = if url.starts_with("https://")
+                    && ep.client.is_empty()
+                    && source.is_request()
+                    && !source.is_connect()
+                    && !source.is_timeout()
+                {
+                    " (the server broke the connection off after the TLS handshake, as registries that require a TLS client certificate do: see `client` in hosts.toml)"
+                } else {
+                    ""
+                };
+                RegistryError::Transport {
                     url: url.to_owned(),
                     source,
-                })?;
+                    hint,
+                }
+            })?;
             let status = resp.status().as_u16();
             if status == 401 && !answered_challenge {
                 let challenge = resp
@@ -355,10 +365,7 @@ impl RegistryClient {
                 let resp = req
                     .send()
                     .await
-                    .map_err(|source| RegistryError::Transport {
-                        url: realm.clone(),
-                        source,
-                    })?;
+                    .map_err(|source| RegistryError::transport(realm.clone(), source))?;
                 if !resp.status().is_success() {
                     let status = resp.status();
                     let who = if self.credentials.is_some() {
@@ -371,13 +378,10 @@ impl RegistryClient {
                         "token endpoint {realm} answered HTTP {status} {who}: {body}"
                     )));
                 }
-                let body: serde_json::Value =
-                    resp.json()
-                        .await
-                        .map_err(|source| RegistryError::Transport {
-                            url: realm.clone(),
-                            source,
-                        })?;
+                let body: serde_json::Value = resp
+                    .json()
+                    .await
+                    .map_err(|source| RegistryError::transport(realm.clone(), source))?;
                 let token = body
                     .get("token")
                     .or_else(|| body.get("access_token"))
@@ -395,10 +399,7 @@ impl RegistryClient {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|source| RegistryError::Transport {
-                url: url.to_owned(),
-                source,
-            })?
+            .map_err(|source| RegistryError::transport(url.to_owned(), source))?
         {
             out.extend_from_slice(&chunk);
             if out.len() as u64 > limit {

@@ -45,13 +45,16 @@ pub enum RegistryError {
     },
     /// The registry could not be reached (after trying every endpoint); the message
     /// carries the whole cause chain (e.g. the TLS certificate problem).
-    #[error("{url}: {}", error_chain(.source))]
+    #[error("{url}: {}{hint}", error_chain(.source))]
     Transport {
         /// The URL asked.
         url: String,
         /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
+        /// What the cause likely is, when the error itself cannot say (empty, or starts
+        /// with a space).
+        hint: &'static str,
     },
     /// Authentication failed or the challenge could not be answered.
     #[error("authentication with {url}: {reason}")]
@@ -96,6 +99,17 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl RegistryError {
+    /// A transport error without a hint.
+    pub(crate) fn transport(url: impl Into<String>, source: reqwest::Error) -> Self {
+        RegistryError::Transport {
+            url: url.into(),
+            source,
+            hint: "",
+        }
+    }
 }
 
 /// " Unauthorized" for 401: the reason phrase of an HTTP status, after a space.

@@ -3,7 +3,8 @@
 # Runs `apt-get update` only when something is missing.
 set -euo pipefail
 PKGS=(containerd runc golang-go golang-github-containerd-containerd-dev docker-registry
-      umoci skopeo erofs-utils fuse3 busybox-static e2fsprogs util-linux jq zstd python3 curl)
+      umoci skopeo erofs-utils fuse3 busybox-static e2fsprogs util-linux jq zstd python3 curl
+      apache2-utils openssl python3-jwt python3-cryptography)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -11,6 +11,9 @@
 #      containerd 1.6 gives the same rootfs, entry by entry;
 #   6. scripts/tests/cri_remote.sh: containerd's CRI pulls an image and Lamina, as its
 #      remote snapshotter, fetches and unpacks the layers; `ctr run` works on it.
+#   7. scripts/tests/registry_access.sh: `lamina pull` from docker-registry with basic
+#      and bearer-token auth, through hosts.toml mirrors, and over TLS with a private CA
+#      and client certificates.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
 # ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
 # Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
@@ -78,6 +81,10 @@ record "compare unpack with containerd" "${PIPESTATUS[0]}"
 step "remote-snapshotter protocol through containerd's CRI (PullImage, no layer blob in containerd, ctr run)"
 bash "$HERE/scripts/tests/cri_remote.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/cri" 2>&1
 record "CRI pull through Lamina" "${PIPESTATUS[0]}"
+
+step "registry access (basic and token auth, hosts.toml mirrors, private CA TLS, client certificates)"
+bash "$HERE/scripts/tests/registry_access.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/registry" 2>&1
+record "registry access" "${PIPESTATUS[0]}"
 
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"

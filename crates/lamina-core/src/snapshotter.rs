@@ -547,6 +547,9 @@ impl Snapshotter {
         let opts_for = |l: &LayerSource| {
             self.limits.bound(ApplyOptions {
                 expected_digest: Some(l.digest.clone()),
+                // Each blob is verified by the content store: when it was stored, or (a
+                // stream) as it is being stored; the chain commits only after that.
+                blob_digest_checked_elsewhere: true,
                 expected_diff_id: Some(l.diff_id.clone()),
                 ..ApplyOptions::default()
             })
@@ -583,11 +586,12 @@ impl Snapshotter {
         let discard_all = |ids: &[u64]| ids.iter().for_each(|id| self.discard(*id));
         // `complete`: every lower layer is finished, so hard links may copy files up from
         // them. While layers unpack side by side they are not, and a link into a lower
-        // layer fails with MissingLinkTarget, to be redone once they are.
+        // layer fails with MissingLinkTarget, to be redone once they are. Gives the
+        // layer's disk usage, measured while its inodes are still in cache.
         let apply_one = |k: usize,
                          complete: bool,
                          stream: Option<Box<dyn std::io::Read + Send>>|
-         -> Result<()> {
+         -> Result<Usage> {
             let l = &layers[todo[k]];
             let dir = self.backend.fs_dir(ids[k]);
             crate::fsutil::remove_tree(&self.backend.snapshot_dir(ids[k]))?;
@@ -605,9 +609,9 @@ impl Snapshotter {
             // Start writing this layer out now, while other layers still unpack, so the
             // syncfs before the commit finds little left to flush.
             crate::sys::start_writeback(&dir);
-            Ok(())
+            self.backend.usage(ids[k])
         };
-        let results: Vec<Mutex<Option<Result<()>>>> =
+        let results: Vec<Mutex<Option<Result<Usage>>>> =
             todo.iter().map(|_| Mutex::new(None)).collect();
         let mut from_files = Vec::new();
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -639,17 +643,26 @@ impl Snapshotter {
         }
         // Layers that linked into an unfinished lower layer: again, bottom first, now
         // that every lower layer is complete.
+        let mut usages = Vec::with_capacity(todo.len());
         for (k, slot) in results.iter().enumerate() {
-            let r = lock(slot).take().unwrap_or(Ok(()));
+            let r = lock(slot).take().unwrap_or_else(|| {
+                Err(Error::FailedPrecondition(format!(
+                    "the unpack of layer {} ended without a result",
+                    todo[k]
+                )))
+            });
             let r = match r {
                 Err(Error::Layer(crate::layer::LayerError::MissingLinkTarget { .. })) => {
                     apply_one(k, true, None)
                 }
                 r => r,
             };
-            if let Err(e) = r {
-                discard_all(&ids);
-                return Err(e);
+            match r {
+                Ok(usage) => usages.push(usage),
+                Err(e) => {
+                    discard_all(&ids);
+                    return Err(e);
+                }
             }
         }
         if let Err(e) = crate::sys::syncfs(&self.root) {
@@ -659,13 +672,7 @@ impl Snapshotter {
         let now = now_nanos();
         let mut chain = Vec::with_capacity(todo.len());
         for (k, &i) in todo.iter().enumerate() {
-            let usage = match self.backend.usage(ids[k]) {
-                Ok(u) => u,
-                Err(e) => {
-                    discard_all(&ids);
-                    return Err(e);
-                }
-            };
+            let usage = usages[k];
             let mut layer_labels = labels.clone();
             layer_labels.insert(
                 "lamina.io/layer.digest".into(),

@@ -621,3 +621,101 @@ fn gnu_sparse_files_from_gnu_tar() {
         "holes kept: {allocated} bytes allocated for 8 MiB"
     );
 }
+
+fn owned(kind: EntryType, mode: u32, size: u64, uid: u64, gid: u64) -> Header {
+    let mut h = header(kind, mode, size);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h
+}
+
+#[test]
+fn later_entries_replace_earlier_ones_and_owners_are_exact() {
+    require_root();
+    let t = tmp();
+    let mut b = Builder::new(Vec::new());
+    // Replacements within one layer: the last entry for a name wins.
+    file(&mut b, "a", b"file first", 0o644);
+    dir(&mut b, "a/", 0o755); // directory over a file
+    file(&mut b, "a/inner", b"x", 0o644);
+    dir(&mut b, "d/", 0o755);
+    file(&mut b, "d/child", b"c", 0o644);
+    file(&mut b, "d", b"file over a directory", 0o600);
+    file(&mut b, "s", b"before", 0o644);
+    link(&mut b, EntryType::Symlink, "s", "target"); // symlink over a file
+    file(&mut b, "h", b"old", 0o644);
+    file(&mut b, "src", b"linked", 0o644);
+    link(&mut b, EntryType::Link, "h", "src"); // hard link over a file
+    dir(&mut b, "keep/", 0o755);
+    file(&mut b, "keep/one", b"1", 0o644);
+    dir(&mut b, "keep/", 0o700); // a directory again: contents stay, attributes change
+                                 // Root-owned entries, as root creates them, and entries of a set-group-ID directory
+                                 // (whose group new entries inherit): owners must come out exactly as in the tar.
+    let mut h = owned(EntryType::Regular, 0o4755, 2, 0, 0);
+    b.append_data(&mut h, "rootfile", &b"rf"[..]).unwrap();
+    let mut h = owned(EntryType::Directory, 0o2775, 0, 0, 1234);
+    b.append_data(&mut h, "sgid/", &[][..]).unwrap();
+    let mut h = owned(EntryType::Regular, 0o644, 1, 0, 0);
+    b.append_data(&mut h, "sgid/root0", &b"r"[..]).unwrap();
+    let mut h = owned(EntryType::Regular, 0o644, 1, 0, 1234);
+    b.append_data(&mut h, "sgid/inherits", &b"i"[..]).unwrap();
+    let mut h = owned(EntryType::Symlink, 0o777, 0, 0, 0);
+    b.append_link(&mut h, "sgid/sym0", "root0").unwrap();
+    let r = apply(&b.into_inner().unwrap(), t.path(), &ApplyOptions::default()).unwrap();
+    let p = |s: &str| t.path().join(s);
+    assert!(p("a").is_dir() && std::fs::read(p("a/inner")).unwrap() == b"x");
+    assert_eq!(std::fs::read(p("d")).unwrap(), b"file over a directory");
+    assert_eq!(std::fs::read_link(p("s")).unwrap(), Path::new("target"));
+    assert_eq!(std::fs::read(p("h")).unwrap(), b"linked");
+    assert_eq!(
+        std::fs::metadata(p("h")).unwrap().ino(),
+        std::fs::metadata(p("src")).unwrap().ino()
+    );
+    assert_eq!(std::fs::read(p("keep/one")).unwrap(), b"1");
+    assert_eq!(std::fs::metadata(p("keep")).unwrap().mode() & 0o7777, 0o700);
+    let ids = |s: &str| {
+        let m = std::fs::symlink_metadata(p(s)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(ids("rootfile"), (0, 0, 0o4755));
+    assert_eq!(ids("sgid"), (0, 1234, 0o2775));
+    assert_eq!(
+        ids("sgid/root0"),
+        (0, 0, 0o644),
+        "chowned back from the inherited group"
+    );
+    assert_eq!(ids("sgid/inherits"), (0, 1234, 0o644));
+    assert_eq!((ids("sgid/sym0").0, ids("sgid/sym0").1), (0, 0));
+    assert_eq!(r.entries, 19);
+}
+
+#[test]
+fn a_blob_digest_checked_elsewhere_is_reported_not_recomputed() {
+    require_root();
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "f", b"data", 0o644);
+    let blob = gzip(&b.into_inner().unwrap());
+    let claimed = Digest::of(b"not the blob");
+    let t = tmp();
+    let opts = ApplyOptions {
+        expected_digest: Some(claimed.clone()),
+        blob_digest_checked_elsewhere: true,
+        ..ApplyOptions::default()
+    };
+    let r = apply(&blob, t.path(), &opts).unwrap();
+    assert_eq!(
+        r.digest, claimed,
+        "the content store vouches for the digest"
+    );
+    assert_eq!(r.compressed_size, blob.len() as u64);
+    // Without someone else checking, the same claim is refused.
+    let t = tmp();
+    let opts = ApplyOptions {
+        blob_digest_checked_elsewhere: false,
+        ..opts
+    };
+    assert!(matches!(
+        apply(&blob, t.path(), &opts),
+        Err(LayerError::DigestMismatch { .. })
+    ));
+}

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use lamina_core::image::{ImageRecord, LayerRecord};
 use lamina_core::layer::Digest;
 use lamina_core::Snapshotter;
@@ -240,7 +241,7 @@ async fn pump(
     writers: BlobWriters,
     client: Arc<RegistryClient>,
     d: Digest,
-    to_unpack: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    to_unpack: mpsc::Sender<std::io::Result<Bytes>>,
     progress: Option<ProgressFn>,
 ) -> Result<(), Status> {
     let (mut received, mut reported) = (0u64, 0u64);
@@ -299,7 +300,7 @@ async fn pump(
             }
             buf.truncate(n);
             received += n as u64;
-            if to_unpack.send(Ok(buf)).await.is_err() {
+            if to_unpack.send(Ok(Bytes::from(buf))).await.is_err() {
                 break;
             }
         }
@@ -310,7 +311,6 @@ async fn pump(
             Ok(Some(chunk)) => {
                 received += chunk.len() as u64;
                 report(received, false);
-                let chunk = chunk.to_vec();
                 if unpacking && to_unpack.send(Ok(chunk.clone())).await.is_err() {
                     unpacking = false;
                 }

@@ -150,6 +150,8 @@ impl RemoteFetcher {
                 .map_err(|e| e.to_string())?;
             let opts = ApplyOptions {
                 expected_digest: Some(layer.clone()),
+                // The content store verified the blob when it stored it.
+                blob_digest_checked_elsewhere: true,
                 ..ApplyOptions::default()
             };
             let report = store

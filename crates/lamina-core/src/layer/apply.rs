@@ -40,6 +40,11 @@ pub struct ApplyOptions {
     pub max_entries: u64,
     /// The digest of the blob as given (compressed), checked after the last byte.
     pub expected_digest: Option<Digest>,
+    /// The blob's digest is checked by whoever stores it (the content store that holds
+    /// it or is receiving it at the same time), so it is not hashed a second time here;
+    /// the report then gives `expected_digest`. Without an `expected_digest` the blob is
+    /// hashed anyway.
+    pub blob_digest_checked_elsewhere: bool,
     /// The digest of the uncompressed tar (the diffID), checked after the last byte.
     pub expected_diff_id: Option<Digest>,
     /// Directories of the lower layers, topmost first: a hard link to a file that lives
@@ -54,6 +59,7 @@ impl Default for ApplyOptions {
             max_uncompressed_bytes: 64 << 30,
             max_entries: 10_000_000,
             expected_digest: None,
+            blob_digest_checked_elsewhere: false,
             expected_diff_id: None,
             lowers: Vec::new(),
         }
@@ -101,7 +107,11 @@ pub fn apply_layer(
     dest: &Path,
     opts: &ApplyOptions,
 ) -> Result<ApplyReport, LayerError> {
-    let mut blob = HashingReader::new(BufReader::with_capacity(256 << 10, blob));
+    let reader = BufReader::with_capacity(256 << 10, blob);
+    let mut blob = match &opts.expected_digest {
+        Some(_) if opts.blob_digest_checked_elsewhere => HashingReader::counting(reader),
+        _ => HashingReader::new(reader),
+    };
     let head = blob.get_mut().fill_buf().map_err(corrupt)?.to_vec();
     let hit = Rc::new(Cell::new(false));
     let (diff_id, size, entries) = {
@@ -132,15 +142,19 @@ pub fn apply_layer(
         let (diff_id, size) = tar_stream.finish().map_err(corrupt).map_err(limited)?;
         (diff_id, size, entries)
     };
+    let diff_id = diff_id.expect("the tar stream is always hashed");
     let (digest, compressed_size) = blob.finish().map_err(corrupt)?;
-    if let Some(expected) = &opts.expected_digest {
-        if *expected != digest {
+    let digest = match (digest, &opts.expected_digest) {
+        (Some(actual), Some(expected)) if actual != *expected => {
             return Err(LayerError::DigestMismatch {
                 expected: expected.clone(),
-                actual: digest,
-            });
+                actual,
+            })
         }
-    }
+        (Some(actual), _) => actual,
+        (None, Some(expected)) => expected.clone(),
+        (None, None) => unreachable!("a blob without an expected digest is hashed"),
+    };
     if let Some(expected) = &opts.expected_diff_id {
         if *expected != diff_id {
             return Err(LayerError::DigestMismatch {
@@ -188,10 +202,17 @@ struct Meta {
 struct Applier<'o> {
     root: Root,
     opts: &'o ApplyOptions,
-    /// Paths this layer created, for opaque directories in delete style.
+    /// Paths this layer created, for opaque directories in delete style (only then).
     created: HashSet<Vec<OsString>>,
     /// Directory mtimes, set last because creating children changes them.
     dir_times: Vec<(Vec<OsString>, Timespec)>,
+    /// File content passes through here, one buffer for the whole layer.
+    buf: Vec<u8>,
+    /// Owner and group this process gives what it creates.
+    creator: (u32, u32),
+    /// The group new entries of a recently used parent directory get (a set-group-ID
+    /// directory passes its own on); the descriptor is kept so the key stays unique.
+    parent_group: Option<(Rc<OwnedFd>, u32)>,
 }
 
 impl<'o> Applier<'o> {
@@ -201,6 +222,12 @@ impl<'o> Applier<'o> {
             opts,
             created: HashSet::new(),
             dir_times: Vec::new(),
+            buf: vec![0u8; SPARSE_BLOCK],
+            creator: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
+            parent_group: None,
         })
     }
 
@@ -245,7 +272,7 @@ impl<'o> Applier<'o> {
                     .try_clone()
                     .map_err(|e| std_io("open", &comps, e))?;
                 let dir = reopen_dir(&fd, OsStr::new("."), &comps)?;
-                self.set_meta_fd(&dir, &meta, &comps)?;
+                self.set_meta_fd(&dir, &meta, &comps, true)?;
                 self.dir_times.push((comps, meta.mtime));
             }
             return Ok(());
@@ -301,42 +328,87 @@ impl<'o> Applier<'o> {
         }
     }
 
-    /// Directory `comps` (created if missing), as an owned descriptor.
-    fn created_dir(&mut self, comps: &[OsString]) -> Result<OwnedFd, LayerError> {
-        self.root
-            .dir(comps, true)?
-            .expect("created on demand")
-            .try_clone()
-            .map_err(|e| std_io("open", comps, e))
+    /// Directory `comps`, created if missing.
+    fn created_dir(&mut self, comps: &[OsString]) -> Result<Rc<OwnedFd>, LayerError> {
+        Ok(self.root.dir(comps, true)?.expect("created on demand"))
     }
 
-    /// Clears the way for a new non-directory (or directory over a non-directory) at
-    /// `name`, returning the parent directory.
-    fn replace(&mut self, comps: &[OsString], keep_dir: bool) -> Result<OwnedFd, LayerError> {
+    /// Remembers that this layer wrote `comps` (delete style needs it for opaque dirs).
+    fn note_created(&mut self, comps: &[OsString]) {
+        if self.opts.whiteouts == WhiteoutStyle::Delete {
+            self.created.insert(comps.to_vec());
+        }
+    }
+
+    /// Makes the non-directory entry `comps` with `make` (given its parent directory and
+    /// name). Whatever stands there already is removed and `make` runs again: a later
+    /// tar entry replaces an earlier one. Trying first saves a lookup per entry, as the
+    /// name is almost always free.
+    fn create<T>(
+        &mut self,
+        comps: &[OsString],
+        op: &'static str,
+        mut make: impl FnMut(&OwnedFd, &OsStr) -> std::io::Result<T>,
+    ) -> Result<(Rc<OwnedFd>, T), LayerError> {
         let (name, parent) = comps.split_last().expect("non-empty path");
         let dir = self.created_dir(parent)?;
-        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if keep_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
-            Ok(_) => {
-                remove_all_at(&dir, name).map_err(|e| io_err("replace", comps, e))?;
-                self.root.invalidate();
+        let made = match make(&dir, name) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                remove_all_at(&*dir, name).map_err(|e| io_err("replace", comps, e))?;
+                self.root.invalidate(); // it may have been a cached directory
+                make(&dir, name)
             }
-            Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io_err("stat", comps, e)),
+            r => r,
         }
-        self.created.insert(comps.to_vec());
-        Ok(dir)
+        .map_err(|e| std_io(op, comps, e))?;
+        self.note_created(comps);
+        Ok((dir, made))
+    }
+
+    /// Whether an entry just created in `dir` must be chowned to get `meta`'s owner: not
+    /// when it got that owner on creation (the common case of files owned by root,
+    /// unpacked by root), which saves a metadata update per file.
+    fn needs_chown(&mut self, dir: &Rc<OwnedFd>, meta: &Meta) -> Result<bool, LayerError> {
+        if meta.uid != self.creator.0 {
+            return Ok(true);
+        }
+        let group = match &self.parent_group {
+            Some((fd, group)) if Rc::ptr_eq(fd, dir) => *group,
+            _ => {
+                let st = rustix::fs::fstat(&**dir).map_err(|e| io_err("stat", &[], e))?;
+                let group = if st.st_mode & 0o2000 != 0 {
+                    st.st_gid
+                } else {
+                    self.creator.1
+                };
+                self.parent_group = Some((dir.clone(), group));
+                group
+            }
+        };
+        Ok(meta.gid != group)
     }
 
     fn directory(&mut self, comps: &[OsString], meta: &Meta) -> Result<(), LayerError> {
-        let parent = self.replace(comps, true)?;
-        let name = comps.last().expect("non-empty path");
-        match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        let (name, parent) = comps.split_last().expect("non-empty path");
+        let dir = self.created_dir(parent)?;
+        let mkdir = |dir: &OwnedFd| rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700));
+        match mkdir(&dir) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                let st = rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("stat", comps, e))?;
+                // An existing directory stays (with its contents); anything else goes.
+                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    remove_all_at(&*dir, name).map_err(|e| io_err("replace", comps, e))?;
+                    self.root.invalidate();
+                    mkdir(&dir).map_err(|e| io_err("mkdir", comps, e))?;
+                }
+            }
             Err(e) => return Err(io_err("mkdir", comps, e)),
         }
-        let dir = reopen_dir(&parent, name, comps)?;
-        self.set_meta_fd(&dir, meta, comps)?;
+        self.note_created(comps);
+        let fd = reopen_dir(&dir, name, comps)?;
+        self.set_meta_fd(&fd, meta, comps, true)?;
         self.dir_times.push((comps.to_vec(), meta.mtime));
         Ok(())
     }
@@ -347,17 +419,16 @@ impl<'o> Applier<'o> {
         meta: &Meta,
         data: &mut R,
     ) -> Result<(), LayerError> {
-        let parent = self.replace(comps, false)?;
-        let name = comps.last().expect("non-empty path");
-        let fd = rustix::fs::openat(
-            &parent,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| io_err("create", comps, e))?;
+        let (dir, fd) = self.create(comps, "create", |dir, name| {
+            Ok(rustix::fs::openat(
+                dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?)
+        })?;
         let mut file = File::from(fd);
-        write_sparse(&mut file, data).map_err(|e| match e {
+        write_sparse(&mut file, data, &mut self.buf).map_err(|e| match e {
             WriteError::Read(e) => corrupt(e),
             WriteError::Write(e) => LayerError::Io {
                 op: "write",
@@ -365,7 +436,8 @@ impl<'o> Applier<'o> {
                 source: e,
             },
         })?;
-        self.set_meta_fd(&file, meta, comps)?;
+        let chown = self.needs_chown(&dir, meta)?;
+        self.set_meta_fd(&file, meta, comps, chown)?;
         let t = times(meta.mtime);
         rustix::fs::futimens(&file, &t).map_err(|e| io_err("set times", comps, e))
     }
@@ -376,11 +448,13 @@ impl<'o> Applier<'o> {
         target: &Path,
         meta: &Meta,
     ) -> Result<(), LayerError> {
-        let parent = self.replace(comps, false)?;
-        let name = comps.last().expect("non-empty path");
-        rustix::fs::symlinkat(target, &parent, name).map_err(|e| io_err("symlink", comps, e))?;
+        let (dir, ()) = self.create(comps, "symlink", |dir, name| {
+            Ok(rustix::fs::symlinkat(target, dir, name)?)
+        })?;
         self.root.invalidate(); // a symlink may now stand where a cached directory was
-        self.set_meta_at(&parent, name, meta, comps, false)
+        let name = comps.last().expect("non-empty path");
+        let chown = self.needs_chown(&dir, meta)?;
+        self.set_meta_at(&dir, name, meta, comps, chown, false)
     }
 
     fn special(
@@ -390,14 +464,12 @@ impl<'o> Applier<'o> {
         dev: u64,
         meta: &Meta,
     ) -> Result<(), LayerError> {
-        let parent = self.replace(comps, false)?;
-        let name = comps.last().expect("non-empty path");
-        sys::mknod_at(&parent, name, ft, meta.mode, dev).map_err(|e| LayerError::Io {
-            op: "mknod",
-            path: join(comps),
-            source: e,
+        let (dir, ()) = self.create(comps, "mknod", |dir, name| {
+            sys::mknod_at(dir, name, ft, meta.mode, dev)
         })?;
-        self.set_meta_at(&parent, name, meta, comps, true)
+        let name = comps.last().expect("non-empty path");
+        let chown = self.needs_chown(&dir, meta)?;
+        self.set_meta_at(&dir, name, meta, comps, chown, true)
     }
 
     /// A hard link; like containerd, the link entry's owner, mode, xattrs and mtime are
@@ -420,39 +492,45 @@ impl<'o> Applier<'o> {
                 e => e,
             })?;
         }
-        let src = self
-            .root
-            .dir(tparent, false)?
-            .ok_or_else(|| {
-                bad(
-                    &join(comps),
-                    format!("hard link to missing {:?}", join(target)),
-                )
-            })?
-            .try_clone()
-            .map_err(|e| std_io("open", tparent, e))?;
+        let src = self.root.dir(tparent, false)?.ok_or_else(|| {
+            bad(
+                &join(comps),
+                format!("hard link to missing {:?}", join(target)),
+            )
+        })?;
         if comps == target {
             return Ok(());
         }
-        let parent = self.replace(comps, false)?;
+        let (dir, ()) = self
+            .create(comps, "link", |dir, name| {
+                Ok(rustix::fs::linkat(
+                    &*src,
+                    tname,
+                    dir,
+                    name,
+                    AtFlags::empty(),
+                )?)
+            })
+            .map_err(|e| match e {
+                LayerError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    bad(
+                        &join(comps),
+                        format!("hard link to missing {:?}", join(target)),
+                    )
+                }
+                e => e,
+            })?;
         let name = comps.last().expect("non-empty path");
-        rustix::fs::linkat(&src, tname, &parent, name, AtFlags::empty()).map_err(|e| match e {
-            rustix::io::Errno::NOENT => bad(
-                &join(comps),
-                format!("hard link to missing {:?}", join(target)),
-            ),
-            e => io_err("link", comps, e),
-        })?;
-        let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
+        let st = rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_err("stat", comps, e))?;
         let is_symlink = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
-        self.set_meta_at(&parent, name, meta, comps, !is_symlink)
+        self.set_meta_at(&dir, name, meta, comps, true, !is_symlink)
     }
 
     fn exists(&mut self, comps: &[OsString]) -> Result<bool, LayerError> {
         let (name, parent) = comps.split_last().expect("non-empty path");
         Ok(match self.root.dir(parent, false)? {
-            Some(dir) => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok(),
+            Some(dir) => rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok(),
             None => false,
         })
     }
@@ -466,7 +544,7 @@ impl<'o> Applier<'o> {
             let Some(ldir) = lroot.dir(parent, false)? else {
                 continue;
             };
-            let Ok(st) = rustix::fs::statat(ldir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            let Ok(st) = rustix::fs::statat(&*ldir, name, AtFlags::SYMLINK_NOFOLLOW) else {
                 continue;
             };
             if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0 {
@@ -479,7 +557,7 @@ impl<'o> Applier<'o> {
                 ));
             }
             let src = rustix::fs::openat(
-                ldir,
+                &*ldir,
                 name,
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
@@ -513,22 +591,16 @@ impl<'o> Applier<'o> {
         comps.push(hidden.to_owned());
         match self.opts.whiteouts {
             WhiteoutStyle::Overlay => {
-                let dir = self.replace(&comps, false)?;
-                self.created.remove(&comps);
-                sys::mknod_at(&dir, hidden, FileType::CharacterDevice, 0, 0).map_err(|e| {
-                    LayerError::Io {
-                        op: "mknod whiteout",
-                        path: join(&comps),
-                        source: e,
-                    }
+                let (dir, ()) = self.create(&comps, "mknod whiteout", |dir, name| {
+                    sys::mknod_at(dir, name, FileType::CharacterDevice, 0, 0)
                 })?;
                 let t = times(mtime);
-                rustix::fs::utimensat(&dir, hidden, &t, AtFlags::SYMLINK_NOFOLLOW)
+                rustix::fs::utimensat(&*dir, hidden, &t, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err("set times", &comps, e))
             }
             WhiteoutStyle::Delete => {
                 if let Some(dir) = self.root.dir(parent, false)? {
-                    remove_all_at(dir, hidden).map_err(|e| io_err("whiteout", &comps, e))?;
+                    remove_all_at(&*dir, hidden).map_err(|e| io_err("whiteout", &comps, e))?;
                     self.root.invalidate();
                 }
                 Ok(())
@@ -548,11 +620,11 @@ impl<'o> Applier<'o> {
                 })
             }
             WhiteoutStyle::Delete => {
-                for child in children(&dir).map_err(|e| io_err("list", parent, e))? {
+                for child in children(&*dir).map_err(|e| io_err("list", parent, e))? {
                     let mut c = parent.to_vec();
                     c.push(child.clone());
                     if !self.created.contains(&c) {
-                        remove_all_at(&dir, &child).map_err(|e| io_err("opaque", &c, e))?;
+                        remove_all_at(&*dir, &child).map_err(|e| io_err("opaque", &c, e))?;
                     }
                 }
                 self.root.invalidate();
@@ -561,20 +633,24 @@ impl<'o> Applier<'o> {
         }
     }
 
-    /// Owner, then mode (chown clears setuid), then xattrs, on an open file or directory.
+    /// Owner (when `chown`), then mode (chown clears setuid), then xattrs, on an open
+    /// file or directory.
     fn set_meta_fd(
         &self,
         fd: impl AsFd,
         meta: &Meta,
         comps: &[OsString],
+        chown: bool,
     ) -> Result<(), LayerError> {
         let fd = fd.as_fd();
-        rustix::fs::fchown(
-            fd,
-            Some(rustix::process::Uid::from_raw(meta.uid)),
-            Some(rustix::process::Gid::from_raw(meta.gid)),
-        )
-        .map_err(|e| io_err("chown", comps, e))?;
+        if chown {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::process::Uid::from_raw(meta.uid)),
+                Some(rustix::process::Gid::from_raw(meta.gid)),
+            )
+            .map_err(|e| io_err("chown", comps, e))?;
+        }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
             .map_err(|e| io_err("chmod", comps, e))?;
         for (k, v) in &meta.xattrs {
@@ -594,16 +670,19 @@ impl<'o> Applier<'o> {
         name: &OsStr,
         meta: &Meta,
         comps: &[OsString],
+        chown: bool,
         chmod: bool,
     ) -> Result<(), LayerError> {
-        rustix::fs::chownat(
-            dir,
-            name,
-            Some(rustix::process::Uid::from_raw(meta.uid)),
-            Some(rustix::process::Gid::from_raw(meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_err("chown", comps, e))?;
+        if chown {
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::process::Uid::from_raw(meta.uid)),
+                Some(rustix::process::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err("chown", comps, e))?;
+        }
         if chmod {
             rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
                 .map_err(|e| io_err("chmod", comps, e))?;
@@ -744,17 +823,19 @@ enum WriteError {
     Write(std::io::Error),
 }
 
-/// Copies `data` into `file`, seeking over all-zero blocks instead of writing them so
-/// that sparse files stay sparse.
-fn write_sparse(file: &mut File, data: &mut impl Read) -> Result<(), WriteError> {
-    const BLOCK: usize = 64 << 10;
-    let mut buf = vec![0u8; BLOCK];
+/// Unit of [`write_sparse`]: all-zero blocks of this size become holes.
+const SPARSE_BLOCK: usize = 64 << 10;
+
+/// Copies `data` into `file` through `buf` (at least [`SPARSE_BLOCK`] long), seeking over
+/// all-zero blocks instead of writing them so that sparse files stay sparse.
+fn write_sparse(file: &mut File, data: &mut impl Read, buf: &mut [u8]) -> Result<(), WriteError> {
+    const BLOCK: usize = SPARSE_BLOCK;
     let mut len = 0u64;
     let mut pending_hole = false;
     loop {
         let mut filled = 0;
         while filled < BLOCK {
-            match data.read(&mut buf[filled..]) {
+            match data.read(&mut buf[filled..BLOCK]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

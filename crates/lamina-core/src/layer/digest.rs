@@ -36,7 +36,8 @@ impl std::fmt::Display for Digest {
 /// Passes reads through while hashing and counting them.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    /// `None` when only counting: the digest is checked elsewhere.
+    hasher: Option<Sha256>,
     count: u64,
 }
 
@@ -45,7 +46,17 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
+            count: 0,
+        }
+    }
+
+    /// Wraps `inner`, counting bytes but not hashing them (`finish` gives no digest),
+    /// for a stream whose digest someone else already checks.
+    pub fn counting(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: None,
             count: 0,
         }
     }
@@ -61,20 +72,22 @@ impl<R: Read> HashingReader<R> {
     }
 
     /// Reads `inner` to its end (so the digest covers all of it) and returns the digest
-    /// and byte count.
-    pub fn finish(mut self) -> std::io::Result<(Digest, u64)> {
+    /// (`None` if only counting) and byte count.
+    pub fn finish(mut self) -> std::io::Result<(Option<Digest>, u64)> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok((
-            Digest(format!("sha256:{}", hex::encode(self.hasher.finalize()))),
-            self.count,
-        ))
+        let digest = self
+            .hasher
+            .map(|h| Digest(format!("sha256:{}", hex::encode(h.finalize()))));
+        Ok((digest, self.count))
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -98,6 +111,8 @@ mod tests {
         )
         .is_none());
         let (h, n) = HashingReader::new(&b"hello"[..]).finish().unwrap();
-        assert_eq!((h, n), (Digest::of(b"hello"), 5));
+        assert_eq!((h, n), (Some(Digest::of(b"hello")), 5));
+        let (h, n) = HashingReader::counting(&b"hello"[..]).finish().unwrap();
+        assert_eq!((h, n), (None, 5));
     }
 }

@@ -6,6 +6,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
@@ -14,8 +15,9 @@ use super::LayerError;
 /// A directory that all operations stay inside.
 pub(crate) struct Root {
     fd: OwnedFd,
-    /// The last parent directory resolved, reused by the next entry in the same directory.
-    cached: Option<(Vec<OsString>, OwnedFd)>,
+    /// The last parent directory resolved, reused by the next entry in the same directory
+    /// (shared, so callers hold it without duplicating the descriptor).
+    cached: Option<(Vec<OsString>, Rc<OwnedFd>)>,
 }
 
 fn io<'a>(
@@ -101,7 +103,7 @@ impl Root {
         &mut self,
         comps: &[OsString],
         create: bool,
-    ) -> Result<Option<&OwnedFd>, LayerError> {
+    ) -> Result<Option<Rc<OwnedFd>>, LayerError> {
         let hit = matches!(&self.cached, Some((c, _)) if c.as_slice() == comps);
         if !hit {
             let fd = match self.resolve(comps) {
@@ -113,9 +115,9 @@ impl Root {
                 Err(rustix::io::Errno::NOTDIR) => return Ok(None),
                 Err(e) => return Err(io("resolve", comps)(e)),
             };
-            self.cached = Some((comps.to_vec(), fd));
+            self.cached = Some((comps.to_vec(), Rc::new(fd)));
         }
-        Ok(self.cached.as_ref().map(|(_, fd)| fd))
+        Ok(self.cached.as_ref().map(|(_, fd)| fd.clone()))
     }
 
     /// Creates each missing directory of `comps`, one level at a time, each inside the

@@ -100,6 +100,9 @@ impl<R: Read> Read for Limit<R> {
     }
 }
 
+/// Bytes decompressed at a time.
+const DECODE_BUFFER: usize = 256 << 10;
+
 /// Applies the layer read from `blob` into directory `dest`. Nothing is written outside
 /// `dest`. On error `dest` holds a partial layer: the caller discards it.
 pub fn apply_layer(
@@ -127,7 +130,9 @@ pub fn apply_layer(
             left: opts.max_uncompressed_bytes,
             hit: hit.clone(),
         };
-        let mut tar_stream = HashingReader::new(limit);
+        // The tar reader asks for 512-byte headers and small files' bytes; a buffer in
+        // front of the decompressor lets it inflate in large runs, on its fast path.
+        let mut tar_stream = BufReader::with_capacity(DECODE_BUFFER, HashingReader::new(limit));
         let result = Applier::new(dest, opts)?.run(&mut tar_stream);
         let limited = |e: LayerError| {
             if hit.get() {
@@ -139,7 +144,12 @@ pub fn apply_layer(
             }
         };
         let entries = result.map_err(limited)?;
-        let (diff_id, size) = tar_stream.finish().map_err(corrupt).map_err(limited)?;
+        // Bytes still buffered were hashed when they were read; the rest is read now.
+        let (diff_id, size) = tar_stream
+            .into_inner()
+            .finish()
+            .map_err(corrupt)
+            .map_err(limited)?;
         (diff_id, size, entries)
     };
     let diff_id = diff_id.expect("the tar stream is always hashed");

@@ -14,6 +14,9 @@
 #                            over the $LIMIT_IMAGE gzip layer blobs (page cache), MB/s of output
 #     write rate           = dd $DD_MIB MiB of zeros, conv=fsync, onto a fresh loop ext4 (best of 2)
 #   All MB are 10^6 bytes of *uncompressed* layer tar.
+#   And against the work itself, each part timed alone: GNU tar -x of the image's uncompressed
+#   layers (nproc at a time, fresh fs), gunzip at the limit's per-core rate, sha256sum of blobs
+#   and tars (1 core); their sum spread over the cores is what a verified unpack cannot avoid.
 #
 # HOW: images are generated once (mkimage.py caches them) and pushed once (skopeo, blobs
 #   byte-for-byte) to docker-registry on $REGISTRY_ADDR (shared lib.sh; its storage persists
@@ -205,6 +208,13 @@ for f in sys.argv[1:]:
 " $L_BLOBS)
 t_gzip=$(timeit sh -c "taskset -c 0 gzip -dc $L_BLOBS")
 t_unpigz=$(timeit sh -c "taskset -c 0 unpigz -dc $L_BLOBS")
+# sha256 rate (1 core), for the reference below: an unpack must hash the blob and the tar
+L_TARS=$(jget "$LJ" "' '.join(l['uncompressed_tar'] for l in j['layers'])")
+# shellcheck disable=SC2086
+cat $L_TARS > /dev/null
+# shellcheck disable=SC2086
+t_sha=$(timeit sh -c "taskset -c 0 sha256sum $L_TARS")
+echo "sha256_core_mbps=$(py "'%.1f' % ($L_UB / 1e6 / $t_sha)")" >> "$OUTDIR/limits.raw"
 t_dd=
 for i in 1 2; do   # best of 2, each on a fresh fs
   fs_fresh; sync
@@ -232,6 +242,24 @@ print("note=gunzip 1 core (%s, %s image): %s -> best %s %.0f MB/s x %d cores = %
 EOF
 LIMIT=$(sed -n 's/^limit_mbps=//p' "$OUTDIR/limits.txt")
 log "$(sed -n 's/^note=//p' "$OUTDIR/limits.txt")"
+
+# ---------------------------------------------------------------------------------------------
+# Writing the files alone (once per size): the image's uncompressed layer tars (mkimage.py's
+# cache, page-cached first) extracted by GNU tar, $NPROC layers at a time, each into its own
+# directory of a fresh benchmark fs, no sync. That is the cost of creating the image's files on
+# this machine with no decompression, no hashing and no content store; plus the limit's
+# decompression time it gives a reference an unpack cannot beat by much.
+for s in $SIZES; do
+  tars=$(jget "$BENCH_IMAGES/$s-gzip.json" "' '.join(l['uncompressed_tar'] for l in j['layers'])")
+  for t in $tars; do [ -f "$t" ] || die "uncompressed layer $t missing (mkimage.py cache): rm $BENCH_IMAGES/$s-gzip.json to regenerate"; done
+  # shellcheck disable=SC2086
+  cat $tars > /dev/null
+  fs_fresh; sync
+  mkdir -p "$FSMNT/tarx"
+  t_tarx=$(timeit sh -c "printf '%s\n' $tars | xargs -P $NPROC -I{} sh -c 'd=$FSMNT/tarx/\$(basename {} .tar); mkdir -p \$d && tar -xf {} -C \$d'")
+  echo "$s $t_tarx" >> "$OUTDIR/tarx.txt"
+  log "tar -x of the $s uncompressed layers ($NPROC at a time, fresh fs, no sync): ${t_tarx}s"
+done
 
 # ---------------------------------------------------------------------------------------------
 # Download alone (curl, once per size; also warms the registry's page cache for both tools)
@@ -334,9 +362,12 @@ WALL=$(elapsed "$T0" "$(now)")
 # ---------------------------------------------------------------------------------------------
 # Tables (medians over runs)
 python3 - "$TSV" "$OUTDIR/curl.txt" "$LIMIT" "$WALL" "$BENCH_FS" "$RUNS" "$(sed -n 's/^note=//p' "$OUTDIR/limits.txt")" \
-  > "$OUTDIR/table.md" <<'EOF'
+  "$OUTDIR/tarx.txt" "$(sed -n 's/^decomp_core_mbps=//p' "$OUTDIR/limits.txt")" "$NPROC" \
+  "$(sed -n 's/^sha256_core_mbps=//p' "$OUTDIR/limits.raw")" > "$OUTDIR/table.md" <<'EOF'
 import csv, statistics, sys
 tsv, curlf, limit, wall, fs, runs, note = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
+tarx = dict(l.split() for l in open(sys.argv[8]))
+core_mbps, nproc, sha_mbps = float(sys.argv[9]), int(sys.argv[10]), float(sys.argv[11])
 rows = list(csv.DictReader(open(tsv), delimiter="\t"))
 curl = dict(l.split() for l in open(curlf)) if curlf else {}
 sizes = list(dict.fromkeys(r["size"] for r in rows))
@@ -377,6 +408,22 @@ for s in sizes:
         f(med("containerd", s, "unpack_s")), f(med("containerd", s, "cpu_s")), f(med("containerd", s, "sync_s")),
         f(med("lamina", s, "download_s")), f(med("lamina", s, "unpack_s")), f(med("lamina", s, "cpu_s")),
         f(med("lamina", s, "sync_s")), f(c / l if l > 0 else float("nan"), "%.2f×"), nfc, nfl, same))
+print()
+print("The work any verified unpack must do, each part measured alone on this machine and spread over %d cores: "
+      "write the files (tar -x of the uncompressed layers, %d at a time, fresh fs, no sync), gunzip them "
+      "(%.0f MB/s per core, the limit's rate), sha256 the blobs and the tars (%.0f MB/s per core, `sha256sum`):"
+      % (nproc, nproc, core_mbps, sha_mbps))
+print()
+print("| size | tar -x s | gunzip s | sha256 s | sum s | lamina s | sum / lamina |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for s in sizes:
+    ub, cb = first(s, "uncompressed_bytes") / 1e6, first(s, "compressed_bytes") / 1e6
+    tx = float(tarx.get(s, "nan"))
+    dec = ub / (core_mbps * nproc)
+    sha = (ub + cb) / (sha_mbps * nproc)
+    l = med("lamina", s, "seconds")
+    print("| %s | %s | %s | %s | %s | %s | %s |" % (s, f(tx), f(dec), f(sha), f(tx + dec + sha), f(l),
+          f(100 * (tx + dec + sha) / l if l == l and l > 0 else float("nan"), "%.0f %%")))
 print()
 print("- MB = 10^6 bytes of uncompressed layer tar; lamina MB/s = uncompressed MB / lamina s; machine limit = "
       "min(1-core gunzip rate × cores, loop-ext4 write rate).")

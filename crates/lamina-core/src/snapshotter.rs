@@ -605,7 +605,16 @@ impl Snapshotter {
                 lowers,
                 ..opts_for(l)
             };
-            crate::layer::apply_layer(std::io::BufReader::new(blob), &dir, &opts)?;
+            let started = std::time::Instant::now();
+            let report = crate::layer::apply_layer(std::io::BufReader::new(blob), &dir, &opts)?;
+            tracing::debug!(
+                layer = todo[k],
+                entries = report.entries,
+                bytes = report.size,
+                secs = started.elapsed().as_secs_f64(),
+                complete,
+                "layer unpacked"
+            );
             // Start writing this layer out now, while other layers still unpack, so the
             // syncfs before the commit finds little left to flush.
             crate::sys::start_writeback(&dir);
@@ -637,10 +646,15 @@ impl Snapshotter {
                 });
             }
         });
+        let started = std::time::Instant::now();
         if let Err(e) = blobs_ready() {
             discard_all(&ids);
             return Err(e);
         }
+        tracing::debug!(
+            secs = started.elapsed().as_secs_f64(),
+            "blobs stored after the unpacks ended"
+        );
         // Layers that linked into an unfinished lower layer: again, bottom first, now
         // that every lower layer is complete.
         let mut usages = Vec::with_capacity(todo.len());
@@ -665,10 +679,12 @@ impl Snapshotter {
                 }
             }
         }
+        let started = std::time::Instant::now();
         if let Err(e) = crate::sys::syncfs(&self.root) {
             discard_all(&ids);
             return Err(e);
         }
+        tracing::debug!(secs = started.elapsed().as_secs_f64(), "syncfs");
         let now = now_nanos();
         let mut chain = Vec::with_capacity(todo.len());
         for (k, &i) in todo.iter().enumerate() {

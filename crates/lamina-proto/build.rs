@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/containerd/services/snapshots/v1/snapshots.proto",
         "proto/lamina/v1/layers.proto",
         "proto/lamina/v1/images.proto",
+        "proto/lamina/v1/cache.proto",
         "proto/runtime/v1/image.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

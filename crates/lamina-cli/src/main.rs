@@ -1,5 +1,6 @@
 //! lamina: the command-line client of laminad.
 
+mod cache;
 mod images;
 mod layer;
 mod snapshot;
@@ -97,6 +98,21 @@ enum Command {
     /// Apply layer blobs into snapshots; export snapshots as layers.
     #[command(subcommand)]
     Layer(layer::Command),
+    /// Show disk usage: per snapshot the bytes only it holds and those it shares (hard
+    /// links, each inode counted once), totals, and (verbose) the cache records.
+    Du {
+        /// Also list the cache records, as `buildctl du -v` does.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Remove cache records (like `buildctl prune`), then collect garbage.
+    Prune(cache::PruneArgs),
+    /// Delete expired leases and remove every snapshot and blob that nothing holds (no
+    /// lease, gc.root label, image, cache record, or gc.ref label from any of those).
+    Gc,
+    /// Create, list and delete leases, and change what they hold.
+    #[command(subcommand, visible_alias = "leases")]
+    Lease(cache::LeaseCommand),
 }
 
 fn main() {
@@ -117,6 +133,10 @@ fn main() {
                 match cli.command {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
                     Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
+                    Command::Du { verbose } => cache::du(&cli.socket, cli.output, verbose).await,
+                    Command::Prune(args) => cache::prune(&cli.socket, cli.output, args).await,
+                    Command::Gc => cache::gc(&cli.socket, cli.output).await,
+                    Command::Lease(cmd) => cache::lease(&cli.socket, cli.output, cmd).await,
                     Command::CriPull {
                         reference,
                         endpoint,

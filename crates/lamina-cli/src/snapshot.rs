@@ -172,7 +172,7 @@ pub(crate) fn core_mounts(mounts: &[lamina_proto::types::Mount]) -> Vec<lamina_c
         .collect()
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -209,7 +209,7 @@ fn print_mounts(
 }
 
 /// Prints rows as left-aligned columns.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -59,6 +59,9 @@ pub enum Error {
     /// A layer could not be applied or diffed.
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
+    /// A cache-manager operation failed (leases, refs, prune).
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     /// The metadata database failed.
     #[error("metadata database: {0}")]
     Metadata(#[from] MetadataError),

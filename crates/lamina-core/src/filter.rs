@@ -51,17 +51,28 @@ impl Filter {
 
     /// Whether `info` passes the filter.
     pub fn matches(&self, info: &Info) -> bool {
+        self.matches_fields(|path| {
+            let (value, present) = field(info, path);
+            present.then(|| value.to_owned())
+        })
+    }
+
+    /// Whether an object passes the filter, its fields looked up by `field` (a field
+    /// path → its value, `None` when absent), like containerd's filter adaptors: lets
+    /// other objects (leases, cache records) be filtered with the same language.
+    pub fn matches_fields(&self, field: impl Fn(&[String]) -> Option<String>) -> bool {
         self.any.is_empty()
-            || self
-                .any
-                .iter()
-                .any(|all| all.iter().all(|s| s.matches(info)))
+            || self.any.iter().any(|all| {
+                all.iter().all(|s| {
+                    let value = field(&s.path);
+                    s.matches(value.as_deref().unwrap_or(""), value.is_some())
+                })
+            })
     }
 }
 
 impl Selector {
-    fn matches(&self, info: &Info) -> bool {
-        let (value, present) = field(info, &self.path);
+    fn matches(&self, value: &str, present: bool) -> bool {
         match &self.op {
             Op::Present => present,
             Op::Equal(v) => present && value == v,

@@ -6,6 +6,7 @@
 //! Rust programs can use [`Snapshotter`] directly.
 
 pub mod backend;
+pub mod cache;
 pub mod content;
 pub mod error;
 pub mod filter;

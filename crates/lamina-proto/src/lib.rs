@@ -23,7 +23,8 @@ pub mod containerd {
 
 /// Lamina's own API (`lamina.v1`).
 pub mod lamina {
-    /// `lamina.v1`: layer apply and diff.
+    /// `lamina.v1`: layer apply and diff, images, and the cache service (leases, GC,
+    /// prune, disk usage).
     pub mod v1 {
         tonic::include_proto!("lamina.v1");
     }

@@ -17,6 +17,8 @@ pub struct ImageService {
     store: Arc<Snapshotter>,
     parallelism: usize,
     hosts: lamina_registry::HostsConfig,
+    /// Held shared while an image is made, so no collection runs before it is recorded.
+    gc_gate: crate::cache::GcGate,
 }
 
 impl ImageService {
@@ -30,7 +32,16 @@ impl ImageService {
             store,
             parallelism,
             hosts,
+            gc_gate: crate::cache::GcGate::default(),
         }
+    }
+
+    /// Shares `gate` with the cache service: imports and pulls hold it shared, so a
+    /// collection waits for them (their snapshots and blobs are unreferenced until the
+    /// image is recorded at the end).
+    pub fn with_gc_gate(mut self, gate: crate::cache::GcGate) -> Self {
+        self.gc_gate = gate;
+        self
     }
 }
 
@@ -71,7 +82,9 @@ impl Images for ImageService {
             return Err(Status::invalid_argument("import needs a path"));
         }
         let (store, n) = (self.store.clone(), self.parallelism);
+        let gate = self.gc_gate.clone().read_owned().await;
         let rec = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
             let name = (!r.name.is_empty()).then_some(r.name.as_str());
             lamina_core::image::import(&store, &PathBuf::from(&r.path), name, n)
         })
@@ -117,7 +130,9 @@ impl Images for ImageService {
             progress: Some(progress),
         };
         let (store, hosts) = (self.store.clone(), self.hosts.clone());
+        let gate = self.gc_gate.clone().read_owned().await;
         tokio::spawn(async move {
+            let _gate = gate;
             let started = std::time::Instant::now();
             let last = match crate::pull::pull(store, &hosts, &r.reference, opts).await {
                 Ok(rec) => {

@@ -2,6 +2,7 @@
 //! and to the `lamina` CLI over a unix socket.
 
 mod bridge;
+mod cache;
 mod config;
 mod images;
 mod layers;

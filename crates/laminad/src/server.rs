@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use lamina_core::cache::CacheManager;
 use lamina_core::{Snapshotter, StoreConfig};
+use lamina_proto::lamina::v1::cache_server::CacheServer;
 use lamina_proto::lamina::v1::images_server::ImagesServer;
 use lamina_proto::lamina::v1::layers_server::LayersServer;
 use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
@@ -14,6 +16,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::cache::CacheService;
 use crate::config::Config;
 use crate::images::ImageService;
 use crate::layers::LayerService;
@@ -52,6 +55,8 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
     let hosts = lamina_registry::HostsConfig {
         dir: Some(cfg.registry_config_path.clone()).filter(|p| !p.as_os_str().is_empty()),
     };
+    let cache = CacheManager::open(store.clone()).context("opening the cache manager")?;
+    let gc_gate = crate::cache::GcGate::default();
     let listener = bind(&cfg).await?;
     tracing::info!(socket = %cfg.socket.display(), "serving containerd.services.snapshots.v1.Snapshots");
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -68,11 +73,10 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
             Arc::new(RemoteFetcher::new(store.clone(), hosts.clone())),
         )))
         .add_service(LayersServer::new(LayerService::new(store.clone())))
-        .add_service(ImagesServer::new(ImageService::new(
-            store,
-            UNPACK_PARALLELISM,
-            hosts,
-        )))
+        .add_service(CacheServer::new(CacheService::new(cache, gc_gate.clone())))
+        .add_service(ImagesServer::new(
+            ImageService::new(store, UNPACK_PARALLELISM, hosts).with_gc_gate(gc_gate),
+        ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);

@@ -354,8 +354,29 @@ fn ref_policies_decide_what_a_release_keeps() {
         report.snapshots.is_empty(),
         "records, views and handles keep their snapshots: {report:?}"
     );
-    drop(view);
     drop(twin);
+    // The view holds a handle of its own: the record is in use, prune leaves it.
+    let rec = |id: &str| {
+        cache
+            .records()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == id)
+            .unwrap()
+    };
+    assert!(rec(&iid).in_use);
+    let pruned = cache
+        .prune(&PruneOptions {
+            filters: vec![format!("id=={iid}")],
+            all: true,
+            ..PruneOptions::default()
+        })
+        .unwrap();
+    assert!(pruned.removed.is_empty());
+    let view_key = view.key().to_owned();
+    drop(view);
+    assert!(matches!(store.stat(&view_key), Err(Error::NotFound { .. })));
+    assert!(!rec(&iid).in_use);
     assert!(cache.gc().unwrap().snapshots.is_empty());
     let got = cache.get(&iid).unwrap();
     assert_eq!(got.snapshot(), isnap);

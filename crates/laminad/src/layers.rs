@@ -24,12 +24,24 @@ const CHUNK: usize = 256 << 10;
 #[derive(Clone)]
 pub struct LayerService {
     store: Arc<Snapshotter>,
+    /// Held shared while a layer is applied: its snapshot is unreferenced until then.
+    gc_gate: crate::cache::GcGate,
 }
 
 impl LayerService {
     /// Serves `store`.
     pub fn new(store: Arc<Snapshotter>) -> Self {
-        LayerService { store }
+        LayerService {
+            store,
+            gc_gate: crate::cache::GcGate::default(),
+        }
+    }
+
+    /// Shares `gate` with the cache service, so no collection removes the snapshot a
+    /// layer is being applied into.
+    pub fn with_gc_gate(mut self, gate: crate::cache::GcGate) -> Self {
+        self.gc_gate = gate;
+        self
     }
 }
 
@@ -115,7 +127,9 @@ impl Layers for LayerService {
         };
         let (tx, rx) = mpsc::channel(8);
         let store = self.store.clone();
+        let gate = self.gc_gate.clone().read_owned().await;
         let task = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
             let reader = ChannelReader::new(rx);
             let labels = header.labels.into_iter().collect();
             store.apply_layer(&header.name, &header.parent, labels, reader, opts)

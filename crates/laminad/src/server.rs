@@ -72,7 +72,9 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
             store.clone(),
             Arc::new(RemoteFetcher::new(store.clone(), hosts.clone())),
         )))
-        .add_service(LayersServer::new(LayerService::new(store.clone())))
+        .add_service(LayersServer::new(
+            LayerService::new(store.clone()).with_gc_gate(gc_gate.clone()),
+        ))
         .add_service(CacheServer::new(CacheService::new(cache, gc_gate.clone())))
         .add_service(ImagesServer::new(
             ImageService::new(store, UNPACK_PARALLELISM, hosts).with_gc_gate(gc_gate),

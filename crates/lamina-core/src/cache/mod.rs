@@ -24,6 +24,15 @@
 //! containerd's own metadata, not here: collect such a store only with containerd's
 //! snapshots labelled or leased, or not at all.
 //!
+//! Whatever a program makes and means to keep should be held from the start: leased (add
+//! the key to a lease before creating the snapshot, as containerd's clients do), labelled
+//! `containerd.io/gc.root`, or made through a ref; a collection running between its
+//! creation and its being held removes it. (laminad makes its image imports, pulls and
+//! layer applies wait for collections, and collections for them.)
+//!
+//! A record whose snapshot was removed behind the manager's back stays listed (size 0)
+//! until the manager is next opened, which drops it.
+//!
 //! Use one manager per store: reference counts are per manager.
 
 mod du;

@@ -242,12 +242,13 @@ pub struct MutableRef {
 
 /// A read-only view of an immutable record, mounted by the caller with its
 /// [`RefView::mounts`]; the view snapshot is removed when this is dropped, so unmount
-/// first.
+/// first. It holds a handle on the record: the record is in use while it exists.
 pub struct RefView {
     inner: Arc<Inner>,
     key: String,
     mounts: Vec<Mount>,
     _pin: super::Pin,
+    _handle: ImmutableRef,
 }
 
 impl RefView {
@@ -294,6 +295,7 @@ impl ImmutableRef {
             key,
             mounts,
             _pin: pin,
+            _handle: self.clone(),
         })
     }
 

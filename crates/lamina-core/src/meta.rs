@@ -19,6 +19,8 @@ const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("childr
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Store-wide values such as the schema version.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// snapshot name → encoded [`Extra`], for snapshots made by merge or diff only.
+const EXTRAS: TableDefinition<&str, &[u8]> = TableDefinition::new("extras");
 
 const SCHEMA_VERSION: u64 = 1;
 
@@ -48,6 +50,27 @@ impl Record {
             updated: from_nanos(self.updated),
         }
     }
+}
+
+/// What merged and diff snapshots carry beyond a [`Record`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Extra {
+    /// Directories stacked under the snapshot's own one when it is mounted (ids of other
+    /// snapshots' trees, topmost first): a merge made by stacking layers.
+    pub stack: Vec<u64>,
+    /// Snapshots this one needs to exist (their trees are in `stack`): they cannot be
+    /// removed before it.
+    pub sources: Vec<String>,
+    /// The snapshot's own tree is a layer in overlay form (whiteout devices, opaque
+    /// markers) that means changes, not a tree to show as it is: a diff snapshot.
+    pub layer_form: bool,
+}
+
+fn decode_extra(key: &str, bytes: &[u8]) -> Result<Extra> {
+    postcard::from_bytes(bytes).map_err(|source| Error::CorruptRecord {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// The current time in the record's unit.
@@ -88,6 +111,7 @@ impl MetaStore {
             txn.open_table(SNAPSHOTS)?;
             txn.open_table(CHILDREN)?;
             txn.open_table(IMAGES)?;
+            txn.open_table(EXTRAS)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("schema")?.map(|v| v.value());
             match version {
@@ -131,10 +155,56 @@ impl MetaStore {
         value.map(|v| decode(key, v.value())).transpose()
     }
 
-    /// Ids of `parent` and all its ancestors, nearest first.
+    /// The database, for other stores that keep their tables next to the snapshots'
+    /// (one file, so one transaction can span both).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The extra record of a merged or diff snapshot.
+    pub fn extra(&self, key: &str) -> Result<Option<Extra>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EXTRAS)?;
+        let value = table.get(key)?;
+        value.map(|v| decode_extra(key, v.value())).transpose()
+    }
+
+    /// Inserts committed snapshot `name` made by a merge or diff, with its extra record,
+    /// checking in the same transaction that the name is free and every source exists
+    /// and is committed; each source then counts it as a dependant.
+    pub fn insert_derived(&self, name: &str, rec: &Record, extra: &Extra) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SNAPSHOTS)?;
+            if table.get(name)?.is_some() {
+                return Err(Error::AlreadyExists { key: name.into() });
+            }
+            for source in &extra.sources {
+                check_parent(&table, source)?;
+            }
+            check_parent(&table, &rec.parent)?;
+            table.insert(name, encode(rec).as_slice())?;
+            let mut children = txn.open_table(CHILDREN)?;
+            for source in extra.sources.iter().chain(Some(&rec.parent)) {
+                if !source.is_empty() {
+                    children.insert((source.as_str(), name), ())?;
+                }
+            }
+            if *extra != Extra::default() {
+                let bytes = postcard::to_allocvec(extra).unwrap_or_default();
+                txn.open_table(EXTRAS)?.insert(name, bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Ids of `parent` and all its ancestors, nearest first; a merged snapshot's stacked
+    /// trees follow its own.
     pub fn chain(&self, parent: &str) -> Result<Vec<u64>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOTS)?;
+        let extras = txn.open_table(EXTRAS)?;
         let mut ids = Vec::new();
         let mut next = parent.to_owned();
         while !next.is_empty() {
@@ -148,6 +218,9 @@ impl MetaStore {
                 }
             };
             ids.push(rec.id);
+            if let Some(v) = extras.get(next.as_str())? {
+                ids.extend(decode_extra(&next, v.value())?.stack);
+            }
             next = rec.parent;
         }
         Ok(ids)
@@ -257,6 +330,13 @@ impl MetaStore {
             table.remove(key)?;
             if !rec.parent.is_empty() {
                 children.remove((rec.parent.as_str(), key))?;
+            }
+            let mut extras = txn.open_table(EXTRAS)?;
+            let extra = extras.remove(key)?.map(|v| decode_extra(key, v.value()));
+            if let Some(extra) = extra {
+                for source in &extra?.sources {
+                    children.remove((source.as_str(), key))?;
+                }
             }
             rec
         };

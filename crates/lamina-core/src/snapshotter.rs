@@ -19,6 +19,10 @@ use crate::lock::RootLock;
 use crate::meta::{now_nanos, MetaStore, Record};
 use crate::model::{validate_key, validate_labels, Info, Kind, Labels, Mount, Usage};
 
+mod merge;
+
+pub use merge::{DiffSpec, MergeMethod, MergeReport};
+
 /// Where a store lives and how it materialises snapshots.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -68,6 +72,14 @@ impl LayerLimits {
         opts.max_entries = opts.max_entries.min(self.max_entries);
         opts
     }
+}
+
+/// One layer of a chain unpack, done: its usage, and what is left to settle once every
+/// layer below is complete (parents it left implicit, whiteouts written blind).
+struct LayerDone {
+    usage: Usage,
+    implicit_dirs: Vec<PathBuf>,
+    whiteouts: Vec<PathBuf>,
 }
 
 /// What a cleanup removed.
@@ -233,6 +245,12 @@ impl Snapshotter {
                     return Err(Error::InvalidArgument(format!(
                         "parent {parent:?} is a {} snapshot, not a committed one",
                         p.kind
+                    )))
+                }
+                Some(_) if self.backend_kind == BackendKind::Native && self.is_layer_form(parent)? => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{parent:?} is a diff snapshot (changes, with deletions as whiteouts); the native \
+                         backend cannot show a tree from it: merge it first"
                     )))
                 }
                 Some(_) => self.meta.chain(parent)?,
@@ -467,6 +485,7 @@ impl Snapshotter {
                         .into_iter()
                         .map(|id| self.backend.fs_dir(id))
                         .collect();
+                    opts.lowers_complete = true;
                 }
                 BackendKind::Native => {
                     opts.whiteouts = WhiteoutStyle::Delete;
@@ -547,9 +566,6 @@ impl Snapshotter {
         let opts_for = |l: &LayerSource| {
             self.limits.bound(ApplyOptions {
                 expected_digest: Some(l.digest.clone()),
-                // Each blob is verified by the content store: when it was stored, or (a
-                // stream) as it is being stored; the chain commits only after that.
-                blob_digest_checked_elsewhere: true,
                 expected_diff_id: Some(l.diff_id.clone()),
                 ..ApplyOptions::default()
             })
@@ -591,11 +607,12 @@ impl Snapshotter {
         let apply_one = |k: usize,
                          complete: bool,
                          stream: Option<Box<dyn std::io::Read + Send>>|
-         -> Result<Usage> {
+         -> Result<LayerDone> {
             let l = &layers[todo[k]];
             let dir = self.backend.fs_dir(ids[k]);
             crate::fsutil::remove_tree(&self.backend.snapshot_dir(ids[k]))?;
             self.backend.create(ids[k], Kind::Committed, &[])?;
+            let streamed = stream.is_some();
             let blob: Box<dyn std::io::Read + Send> = match stream {
                 Some(s) => s,
                 None => Box::new(std::fs::File::open(&l.blob).ctx("open", &l.blob)?),
@@ -603,6 +620,10 @@ impl Snapshotter {
             let lowers = if complete { lowers(k) } else { Vec::new() };
             let opts = ApplyOptions {
                 lowers,
+                lowers_complete: complete,
+                // A streamed blob is verified by the content store as it is stored, and
+                // the chain commits only after that; a blob file is hashed here.
+                blob_digest_checked_elsewhere: streamed,
                 ..opts_for(l)
             };
             let started = std::time::Instant::now();
@@ -618,9 +639,20 @@ impl Snapshotter {
             // Start writing this layer out now, while other layers still unpack, so the
             // syncfs before the commit finds little left to flush.
             crate::sys::start_writeback(&dir);
-            self.backend.usage(ids[k])
+            // Parents the layer left implicit take their lower layers' attributes once
+            // those are complete (done by the applier itself when it had them).
+            let (implicit_dirs, whiteouts) = if complete {
+                (Vec::new(), Vec::new())
+            } else {
+                (report.implicit_dirs, report.whiteouts)
+            };
+            Ok(LayerDone {
+                usage: self.backend.usage(ids[k])?,
+                implicit_dirs,
+                whiteouts,
+            })
         };
-        let results: Vec<Mutex<Option<Result<Usage>>>> =
+        let results: Vec<Mutex<Option<Result<LayerDone>>>> =
             todo.iter().map(|_| Mutex::new(None)).collect();
         let mut from_files = Vec::new();
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -671,6 +703,16 @@ impl Snapshotter {
                 }
                 r => r,
             };
+            let r = r.and_then(|done| {
+                let dir = self.backend.fs_dir(ids[k]);
+                if !done.implicit_dirs.is_empty() {
+                    crate::layer::adopt_lower_attributes(&dir, &done.implicit_dirs, &lowers(k))?;
+                }
+                if !done.whiteouts.is_empty() {
+                    crate::layer::drop_redundant_whiteouts(&dir, &done.whiteouts, &lowers(k))?;
+                }
+                Ok(done.usage)
+            });
             match r {
                 Ok(usage) => usages.push(usage),
                 Err(e) => {
@@ -750,6 +792,28 @@ impl Snapshotter {
             },
         };
         Ok(crate::layer::write_diff(source, compression, out)?)
+    }
+
+    /// Snapshots that `key` needs: its parent and, for a merged snapshot, the snapshots
+    /// whose trees it stacks. None of them can be removed while `key` exists, and whatever
+    /// keeps `key` (a lease, a GC root) keeps them too.
+    pub fn dependencies(&self, key: &str) -> Result<Vec<String>> {
+        let rec = self.get(key)?;
+        let mut deps: Vec<String> = Some(rec.parent)
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        if let Some(extra) = self.meta.extra(key)? {
+            deps.extend(extra.sources);
+        }
+        deps.dedup();
+        Ok(deps)
+    }
+
+    /// The metadata database, for stores (the cache manager) whose tables live in the
+    /// same file as the snapshots', so one transaction can cover both.
+    pub(crate) fn db(&self) -> &redb::Database {
+        self.meta.db()
     }
 
     /// Closes the store, releasing its lock. Dropping it does the same.

@@ -35,7 +35,7 @@ pub struct EntryFacts {
     pub rdev: u64,
     /// Modification time (seconds, nanoseconds); directories included.
     pub mtime: (i64, i64),
-    /// For hard-linked files, the first path (in name order) of the group.
+    /// For files hard-linked within the tree, the first path (in name order) of the group.
     pub link_group: Option<PathBuf>,
 }
 
@@ -129,6 +129,19 @@ pub fn tree_manifest(root: &Path) -> Result<BTreeMap<PathBuf, EntryFacts>> {
             link_group,
         };
         out.insert(rel, facts);
+    }
+    // A group is two or more paths of this tree; an inode whose other links lie outside
+    // it (a merge links files in from other snapshots) is an ordinary file here.
+    let mut sizes: HashMap<PathBuf, usize> = HashMap::new();
+    for facts in out.values() {
+        if let Some(g) = &facts.link_group {
+            *sizes.entry(g.clone()).or_default() += 1;
+        }
+    }
+    for facts in out.values_mut() {
+        if facts.link_group.as_ref().is_some_and(|g| sizes[g] < 2) {
+            facts.link_group = None;
+        }
     }
     Ok(out)
 }

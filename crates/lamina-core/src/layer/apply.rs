@@ -50,6 +50,12 @@ pub struct ApplyOptions {
     /// Directories of the lower layers, topmost first: a hard link to a file that lives
     /// only in a lower layer copies that file up first, as overlayfs would.
     pub lowers: Vec<PathBuf>,
+    /// `lowers` holds every layer below (so an empty list means there is none). Then a
+    /// whiteout that would hide nothing is left out: overlayfs lists a whiteout in a
+    /// directory no lower layer has as a broken entry. Otherwise every whiteout is
+    /// written and reported in [`ApplyReport::whiteouts`], for
+    /// [`drop_redundant_whiteouts`] once the layers below are known.
+    pub lowers_complete: bool,
 }
 
 impl Default for ApplyOptions {
@@ -62,6 +68,7 @@ impl Default for ApplyOptions {
             blob_digest_checked_elsewhere: false,
             expected_diff_id: None,
             lowers: Vec::new(),
+            lowers_complete: false,
         }
     }
 }
@@ -79,6 +86,14 @@ pub struct ApplyReport {
     pub size: u64,
     /// Tar entries applied (whiteouts included).
     pub entries: u64,
+    /// Directories the layer needed as parents but had no entry for, which the unpack
+    /// created. Where a lower layer has the directory, its owner, mode and xattrs are
+    /// what overlayfs would show (it copies a directory up before changing it), so they
+    /// are carried over; done here when `lowers` were given, by the caller otherwise
+    /// ([`adopt_lower_attributes`]).
+    pub implicit_dirs: Vec<PathBuf>,
+    /// Whiteouts written without knowing the layers below (`lowers_complete` false).
+    pub whiteouts: Vec<PathBuf>,
 }
 
 /// Refuses to read past a byte limit, remembering that it did.
@@ -117,7 +132,7 @@ pub fn apply_layer(
     };
     let head = blob.get_mut().fill_buf().map_err(corrupt)?.to_vec();
     let hit = Rc::new(Cell::new(false));
-    let (diff_id, size, entries) = {
+    let (diff_id, size, entries, implicit_dirs, whiteouts) = {
         let decoded: Box<dyn Read + '_> = match Compression::detect(&head) {
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
             Compression::Zstd => {
@@ -133,7 +148,8 @@ pub fn apply_layer(
         // The tar reader asks for 512-byte headers and small files' bytes; a buffer in
         // front of the decompressor lets it inflate in large runs, on its fast path.
         let mut tar_stream = BufReader::with_capacity(DECODE_BUFFER, HashingReader::new(limit));
-        let result = Applier::new(dest, opts)?.run(&mut tar_stream);
+        let mut applier = Applier::new(dest, opts)?;
+        let result = applier.run(&mut tar_stream);
         let limited = |e: LayerError| {
             if hit.get() {
                 LayerError::TooLarge {
@@ -144,13 +160,18 @@ pub fn apply_layer(
             }
         };
         let entries = result.map_err(limited)?;
+        let implicit_dirs = applier.implicit_dirs();
+        let whiteouts = std::mem::take(&mut applier.whiteouts);
+        if !opts.lowers.is_empty() {
+            adopt_lower_attributes(dest, &implicit_dirs, &opts.lowers)?;
+        }
         // Bytes still buffered were hashed when they were read; the rest is read now.
         let (diff_id, size) = tar_stream
             .into_inner()
             .finish()
             .map_err(corrupt)
             .map_err(limited)?;
-        (diff_id, size, entries)
+        (diff_id, size, entries, implicit_dirs, whiteouts)
     };
     let diff_id = diff_id.expect("the tar stream is always hashed");
     let (digest, compressed_size) = blob.finish().map_err(corrupt)?;
@@ -179,7 +200,99 @@ pub fn apply_layer(
         diff_id,
         size,
         entries,
+        implicit_dirs,
+        whiteouts,
     })
+}
+
+/// Whether anything at `rel` shows in one of `lowers` (topmost first) for a whiteout to
+/// hide.
+fn exists_below(rel: &Path, lowers: &[PathBuf]) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    lowers.iter().any(|l| {
+        std::fs::symlink_metadata(l.join(rel))
+            .is_ok_and(|m| !(m.file_type().is_char_device() && m.rdev() == 0))
+    })
+}
+
+/// Removes the whiteouts of `whiteouts` (relative to `dest`) that hide nothing in
+/// `lowers` (every layer below, topmost first): overlayfs would list them as broken
+/// entries in a directory no lower layer has.
+pub fn drop_redundant_whiteouts(
+    dest: &Path,
+    whiteouts: &[PathBuf],
+    lowers: &[PathBuf],
+) -> Result<(), LayerError> {
+    let mut root = Root::open(dest)?;
+    for rel in whiteouts {
+        if exists_below(rel, lowers) {
+            continue;
+        }
+        let comps = clean(rel);
+        let Some((name, parent)) = comps.split_last() else {
+            continue;
+        };
+        let Some(dir) = root.dir(parent, false)? else {
+            continue;
+        };
+        match rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+                    && st.st_rdev == 0 =>
+            {
+                rustix::fs::unlinkat(&*dir, name, AtFlags::empty())
+                    .map_err(|e| io_err("remove whiteout", &comps, e))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Gives each directory of `implicit` (relative to `dest`) the owner, mode and xattrs of
+/// the same directory in the topmost of `lowers` (topmost first) that has it, as
+/// overlayfs shows a directory of a lower layer that a later layer writes into. A
+/// directory no lower layer has keeps what the unpack gave it.
+pub fn adopt_lower_attributes(
+    dest: &Path,
+    implicit: &[PathBuf],
+    lowers: &[PathBuf],
+) -> Result<(), LayerError> {
+    for rel in implicit {
+        let Some(found) = lowers.iter().find_map(|l| {
+            let p = l.join(rel);
+            std::fs::symlink_metadata(&p).ok().map(|m| (p, m))
+        }) else {
+            continue;
+        };
+        let (src, meta) = found;
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_dir() {
+            continue; // a file or whiteout below: the directory is new
+        }
+        let mut root = Root::open(dest)?;
+        let comps = clean(rel);
+        let Some(dir) = root.dir(&comps, false)? else {
+            continue; // gone again (a later entry replaced it)
+        };
+        let fd = reopen_dir(&dir, OsStr::new("."), &comps)?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::process::Uid::from_raw(meta.uid())),
+            Some(rustix::process::Gid::from_raw(meta.gid())),
+        )
+        .map_err(|e| io_err("chown", &comps, e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode() & 0o7777))
+            .map_err(|e| io_err("chmod", &comps, e))?;
+        for (k, v) in super::diff::xattrs(&src)? {
+            sys::set_xattr_fd(&fd, &k.to_string_lossy(), &v).map_err(|e| LayerError::Io {
+                op: "setxattr",
+                path: rel.clone(),
+                source: e,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A read error of the layer stream, its message made printable and short (tar errors
@@ -214,6 +327,14 @@ struct Applier<'o> {
     opts: &'o ApplyOptions,
     /// Paths this layer created, for opaque directories in delete style (only then).
     created: HashSet<Vec<OsString>>,
+    /// Directories the layer has entries for (so not implicit).
+    explicit_dirs: HashSet<Vec<OsString>>,
+    /// Whiteouts written while the layers below were unknown.
+    whiteouts: Vec<PathBuf>,
+    /// Directories this layer marked opaque (overlay style). A whiteout inside one is
+    /// redundant (the marker already hides everything below) and harmful: overlayfs lists
+    /// an opaque lower directory as it is, so the whiteout would show as a broken entry.
+    opaque_dirs: HashSet<Vec<OsString>>,
     /// Directory mtimes, set last because creating children changes them.
     dir_times: Vec<(Vec<OsString>, Timespec)>,
     /// File content passes through here, one buffer for the whole layer.
@@ -231,6 +352,9 @@ impl<'o> Applier<'o> {
             root: Root::open(dest)?,
             opts,
             created: HashSet::new(),
+            opaque_dirs: HashSet::new(),
+            explicit_dirs: HashSet::new(),
+            whiteouts: Vec::new(),
             dir_times: Vec::new(),
             buf: vec![0u8; SPARSE_BLOCK],
             creator: (
@@ -241,7 +365,17 @@ impl<'o> Applier<'o> {
         })
     }
 
-    fn run(mut self, stream: &mut impl Read) -> Result<u64, LayerError> {
+    /// Parent directories created for entries but never named by one.
+    fn implicit_dirs(&self) -> Vec<PathBuf> {
+        self.root
+            .implicit_dirs()
+            .iter()
+            .filter(|c| !self.explicit_dirs.contains(*c))
+            .map(|c| join(c))
+            .collect()
+    }
+
+    fn run(&mut self, stream: &mut impl Read) -> Result<u64, LayerError> {
         let mut archive = tar::Archive::new(stream);
         let mut count = 0u64;
         for entry in archive.entries().map_err(corrupt)? {
@@ -366,6 +500,7 @@ impl<'o> Applier<'o> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 remove_all_at(&*dir, name).map_err(|e| io_err("replace", comps, e))?;
                 self.root.invalidate(); // it may have been a cached directory
+                self.opaque_dirs.retain(|d| !d.starts_with(comps));
                 make(&dir, name)
             }
             r => r,
@@ -402,6 +537,7 @@ impl<'o> Applier<'o> {
         let (name, parent) = comps.split_last().expect("non-empty path");
         let dir = self.created_dir(parent)?;
         let mkdir = |dir: &OwnedFd| rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700));
+        let mut over_whiteout = false;
         match mkdir(&dir) {
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {
@@ -409,15 +545,30 @@ impl<'o> Applier<'o> {
                     .map_err(|e| io_err("stat", comps, e))?;
                 // An existing directory stays (with its contents); anything else goes.
                 if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    over_whiteout = FileType::from_raw_mode(st.st_mode)
+                        == FileType::CharacterDevice
+                        && st.st_rdev == 0;
                     remove_all_at(&*dir, name).map_err(|e| io_err("replace", comps, e))?;
                     self.root.invalidate();
+                    self.opaque_dirs.retain(|d| !d.starts_with(comps));
                     mkdir(&dir).map_err(|e| io_err("mkdir", comps, e))?;
                 }
             }
             Err(e) => return Err(io_err("mkdir", comps, e)),
         }
         self.note_created(comps);
+        self.explicit_dirs.insert(comps.to_vec());
         let fd = reopen_dir(&dir, name, comps)?;
+        if over_whiteout && self.opts.whiteouts == WhiteoutStyle::Overlay {
+            // Deleted, then made again in this layer: nothing of the lower directory may
+            // show through, as when overlayfs itself makes a directory over a whiteout.
+            sys::set_xattr_fd(&fd, "trusted.overlay.opaque", b"y").map_err(|e| LayerError::Io {
+                op: "mark opaque",
+                path: join(comps),
+                source: e,
+            })?;
+            self.opaque_dirs.insert(comps.to_vec());
+        }
         self.set_meta_fd(&fd, meta, comps, true)?;
         self.dir_times.push((comps.to_vec(), meta.mtime));
         Ok(())
@@ -601,9 +752,29 @@ impl<'o> Applier<'o> {
         comps.push(hidden.to_owned());
         match self.opts.whiteouts {
             WhiteoutStyle::Overlay => {
+                if self.opaque_dirs.iter().any(|d| parent.starts_with(d)) {
+                    // Hidden by an opaque marker already; only what this layer itself
+                    // put there must go.
+                    if let Some(dir) = self.root.dir(parent, false)? {
+                        remove_all_at(&*dir, hidden).map_err(|e| io_err("whiteout", &comps, e))?;
+                        self.root.invalidate();
+                    }
+                    return Ok(());
+                }
+                if self.opts.lowers_complete && !exists_below(&join(&comps), &self.opts.lowers) {
+                    // Nothing below to hide: drop only what this layer put there.
+                    if let Some(dir) = self.root.dir(parent, false)? {
+                        remove_all_at(&*dir, hidden).map_err(|e| io_err("whiteout", &comps, e))?;
+                        self.root.invalidate();
+                    }
+                    return Ok(());
+                }
                 let (dir, ()) = self.create(&comps, "mknod whiteout", |dir, name| {
                     sys::mknod_at(dir, name, FileType::CharacterDevice, 0, 0)
                 })?;
+                if !self.opts.lowers_complete {
+                    self.whiteouts.push(join(&comps));
+                }
                 let t = times(mtime);
                 rustix::fs::utimensat(&*dir, hidden, &t, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err("set times", &comps, e))
@@ -623,11 +794,17 @@ impl<'o> Applier<'o> {
         match self.opts.whiteouts {
             WhiteoutStyle::Overlay => {
                 let d = reopen_dir(&dir, OsStr::new("."), parent)?;
-                sys::set_xattr_fd(&d, "trusted.overlay.opaque", b"y").map_err(|e| LayerError::Io {
-                    op: "mark opaque",
-                    path: join(parent),
-                    source: e,
-                })
+                sys::set_xattr_fd(&d, "trusted.overlay.opaque", b"y").map_err(|e| {
+                    LayerError::Io {
+                        op: "mark opaque",
+                        path: join(parent),
+                        source: e,
+                    }
+                })?;
+                // Whiteouts this layer already wrote below it are redundant now.
+                remove_whiteouts_below(d).map_err(|e| io_err("remove whiteouts", parent, e))?;
+                self.opaque_dirs.insert(parent.to_vec());
+                Ok(())
             }
             WhiteoutStyle::Delete => {
                 for child in children(&*dir).map_err(|e| io_err("list", parent, e))? {
@@ -708,6 +885,30 @@ impl<'o> Applier<'o> {
         rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_err("set times", comps, e))
     }
+}
+
+/// Removes every whiteout device in the tree below directory `dir` (never following
+/// symlinks); iterative, as layer trees can be deeper than a thread's stack allows.
+fn remove_whiteouts_below(dir: OwnedFd) -> rustix::io::Result<()> {
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for child in children(&d)? {
+            let st = rustix::fs::statat(&d, &child, AtFlags::SYMLINK_NOFOLLOW)?;
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::CharacterDevice if st.st_rdev == 0 => {
+                    rustix::fs::unlinkat(&d, &child, AtFlags::empty())?;
+                }
+                FileType::Directory => stack.push(rustix::fs::openat(
+                    &d,
+                    &child,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Access and modification times both set to `mtime`, as layers carry only one.

@@ -47,6 +47,97 @@ pub enum DiffSource<'a> {
         /// The snapshot's tree.
         upper: &'a Path,
     },
+    /// Two snapshots' trees as overlayfs shows them, read from their layer directories:
+    /// `upper` compared with `lower` (`None`: an empty tree), wherever they are in the
+    /// snapshot tree (`upper` need not descend from `lower`).
+    Views {
+        /// The tree the changes start from.
+        lower: Option<&'a LayeredTree>,
+        /// The tree they lead to.
+        upper: &'a LayeredTree,
+    },
+}
+
+/// A tree made of layer directories stacked as overlayfs stacks them (topmost first):
+/// whiteout devices hide what is below them, opaque directories hide lower directories'
+/// contents. A single full tree (the native backend's) is one directory read as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayeredTree {
+    dirs: Vec<PathBuf>,
+    /// Whether whiteouts and opaque markers mean anything (overlay layers) or are plain
+    /// files (a full tree may hold a 0:0 character device of its own).
+    overlay: bool,
+}
+
+impl LayeredTree {
+    /// One full tree, taken as it is.
+    pub fn plain(dir: impl Into<PathBuf>) -> Self {
+        LayeredTree {
+            dirs: vec![dir.into()],
+            overlay: false,
+        }
+    }
+
+    /// Layer directories, topmost first, with overlayfs' rules.
+    pub fn overlay(dirs: Vec<PathBuf>) -> Self {
+        LayeredTree {
+            dirs,
+            overlay: true,
+        }
+    }
+}
+
+/// An entry of a [`LayeredTree`]: where it really is, and for a directory, the layer
+/// directories whose contents make it up (topmost first).
+struct Node {
+    abs: PathBuf,
+    meta: Metadata,
+    parts: Vec<PathBuf>,
+}
+
+/// The visible children of a directory made of `parts` (topmost first), by name.
+fn layered_children(
+    parts: &[PathBuf],
+    overlay: bool,
+) -> Result<BTreeMap<OsString, Node>, LayerError> {
+    // `None`: hidden by a whiteout. `open`: a directory still taking in lower parts.
+    let mut found: BTreeMap<OsString, (Option<Node>, bool)> = BTreeMap::new();
+    for part in parts {
+        for name in sorted_children(part)? {
+            let abs = part.join(&name);
+            match found.get_mut(&name) {
+                None => {
+                    let meta = std::fs::symlink_metadata(&abs).map_err(read_err("stat", &abs))?;
+                    if overlay && is_whiteout(&meta) {
+                        found.insert(name, (None, false));
+                        continue;
+                    }
+                    let is_dir = meta.is_dir();
+                    let open = is_dir && !(overlay && is_opaque(&abs)?);
+                    let parts = if is_dir {
+                        vec![abs.clone()]
+                    } else {
+                        Vec::new()
+                    };
+                    found.insert(name, (Some(Node { abs, meta, parts }), open));
+                }
+                Some((Some(node), open)) if *open => {
+                    let meta = std::fs::symlink_metadata(&abs).map_err(read_err("stat", &abs))?;
+                    if meta.is_dir() && !(overlay && is_whiteout(&meta)) {
+                        *open = !(overlay && is_opaque(&abs)?);
+                        node.parts.push(abs);
+                    } else {
+                        *open = false; // a file or whiteout below a directory ends it
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(found
+        .into_iter()
+        .filter_map(|(name, (node, _))| node.map(|n| (name, n)))
+        .collect())
 }
 
 /// Writes the layer for `source` into `out`, compressed as asked.
@@ -112,7 +203,7 @@ fn read_err<'a>(
 }
 
 /// One change, in tar order.
-enum Change {
+pub(crate) enum Change {
     /// Add or replace `rel` with what is at `abs`.
     Put {
         rel: PathBuf,
@@ -125,10 +216,23 @@ enum Change {
 }
 
 fn write_tar(source: DiffSource<'_>, out: &mut impl Write) -> Result<u64, LayerError> {
-    let changes = match source {
+    write_changes(changes(source)?, out)
+}
+
+/// The changes `source` holds, in tar order (depth-first, names sorted).
+pub(crate) fn changes(source: DiffSource<'_>) -> Result<Vec<Change>, LayerError> {
+    Ok(match source {
         DiffSource::OverlayUpper(upper) => overlay_changes(upper)?,
-        DiffSource::Trees { lower, upper } => tree_changes(lower, upper)?,
-    };
+        DiffSource::Trees { lower, upper } => {
+            let lower = lower.map(LayeredTree::plain);
+            tree_changes(lower.as_ref(), &LayeredTree::plain(upper))?
+        }
+        DiffSource::Views { lower, upper } => tree_changes(lower, upper)?,
+    })
+}
+
+/// Writes a change list as tar entries.
+fn write_changes(changes: Vec<Change>, out: &mut impl Write) -> Result<u64, LayerError> {
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Complete);
     let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -241,18 +345,21 @@ fn overlay_changes(upper: &Path) -> Result<Vec<Change>, LayerError> {
     Ok(out)
 }
 
-/// One directory level of a tree comparison: names with (in lower, in upper).
-type Level = std::vec::IntoIter<(OsString, bool, bool)>;
+/// One directory level of a tree comparison: names with their lower and upper entries.
+type Level = std::vec::IntoIter<(OsString, Option<Node>, Option<Node>)>;
 
-fn merged_children(lower: Option<&Path>, upper: &Path) -> Result<Level, LayerError> {
-    let mut all: BTreeMap<OsString, (bool, bool)> = BTreeMap::new();
-    for n in sorted_children(upper)? {
-        all.entry(n).or_default().1 = true;
+fn merged_children(
+    lower: &[PathBuf],
+    lower_overlay: bool,
+    upper: &[PathBuf],
+    upper_overlay: bool,
+) -> Result<Level, LayerError> {
+    let mut all: BTreeMap<OsString, (Option<Node>, Option<Node>)> = BTreeMap::new();
+    for (n, node) in layered_children(upper, upper_overlay)? {
+        all.entry(n).or_default().1 = Some(node);
     }
-    if let Some(l) = lower {
-        for n in sorted_children(l)? {
-            all.entry(n).or_default().0 = true;
-        }
+    for (n, node) in layered_children(lower, lower_overlay)? {
+        all.entry(n).or_default().0 = Some(node);
     }
     Ok(all
         .into_iter()
@@ -261,54 +368,138 @@ fn merged_children(lower: Option<&Path>, upper: &Path) -> Result<Level, LayerErr
         .into_iter())
 }
 
+/// An entry found in a tree: relative path, real path, metadata.
+type Found = (PathBuf, PathBuf, Metadata);
+
 /// Changes from `lower` to `upper` by comparing the two trees, depth-first in name order.
-fn tree_changes(lower: Option<&Path>, upper: &Path) -> Result<Vec<Change>, LayerError> {
+/// Directories made of the very same layer directories on both sides are equal without
+/// a look inside (a snapshot compared with its ancestor reads only the layers between).
+fn tree_changes(
+    lower: Option<&LayeredTree>,
+    upper: &LayeredTree,
+) -> Result<Vec<Change>, LayerError> {
+    let (lo, lower_dirs) = match lower {
+        Some(t) => (t.overlay, t.dirs.clone()),
+        None => (false, Vec::new()),
+    };
+    let up = upper.overlay;
     let mut out = Vec::new();
-    // Each frame: directory (relative), whether the lower tree has it as a directory, names.
+    if lower_dirs == upper.dirs && lo == up {
+        return Ok(out);
+    }
     let mut stack = vec![(
         PathBuf::new(),
-        lower.is_some(),
-        merged_children(lower, upper)?,
+        merged_children(&lower_dirs, lo, &upper.dirs, up)?,
     )];
-    while let Some((rel_dir, lower_has_dir, names)) = stack.last_mut() {
-        let Some((name, in_lower, in_upper)) = names.next() else {
+    // Unchanged files with other links, by inode: a changed file linked to one of them
+    // takes it into the change list, so the link survives the diff.
+    let mut unchanged_linked: HashMap<(u64, u64), Vec<Found>> = HashMap::new();
+    let mut changed_linked: std::collections::HashSet<(u64, u64)> = Default::default();
+    // Unchanged directories, for writing the parents of what changed below them.
+    let mut quiet_dirs: HashMap<PathBuf, (PathBuf, Metadata)> = HashMap::new();
+    while let Some((rel_dir, names)) = stack.last_mut() {
+        let Some((name, lower_node, upper_node)) = names.next() else {
             stack.pop();
             continue;
         };
         let rel = rel_dir.join(&name);
-        let in_lower = in_lower && *lower_has_dir;
-        if !in_upper {
+        let Some(u) = upper_node else {
             out.push(Change::Delete { rel, mtime: 0 });
             continue;
-        }
-        let abs = upper.join(&rel);
-        let meta = std::fs::symlink_metadata(&abs).map_err(read_err("stat", &abs))?;
-        let lower_abs = lower.filter(|_| in_lower).map(|l| l.join(&rel));
-        let lower_meta = match &lower_abs {
-            Some(la) => Some(std::fs::symlink_metadata(la).map_err(read_err("stat", la))?),
-            None => None,
         };
-        let same = match (&lower_meta, &lower_abs) {
-            (Some(lm), Some(la)) => same_entry(lm, la, &meta, &abs)?,
-            _ => false,
+        let same = match &lower_node {
+            Some(l) => same_entry(&l.meta, &l.abs, &u.meta, &u.abs)?,
+            None => false,
         };
-        let is_dir = meta.is_dir();
+        let is_dir = u.meta.is_dir();
+        let upper_parts = u.parts.clone();
+        // Below a directory that replaced a non-directory, everything is new.
+        let lower_parts = lower_node
+            .filter(|l| l.meta.is_dir())
+            .map(|l| l.parts)
+            .unwrap_or_default();
+        let linked = u.meta.is_file() && u.meta.nlink() > 1;
+        let inode = (u.meta.dev(), u.meta.ino());
         if !same {
+            if linked {
+                changed_linked.insert(inode);
+            }
             out.push(Change::Put {
                 rel: rel.clone(),
-                abs: abs.clone(),
+                abs: u.abs,
+                meta: u.meta,
+                opaque: false,
+            });
+        } else if linked {
+            unchanged_linked
+                .entry(inode)
+                .or_default()
+                .push((rel.clone(), u.abs, u.meta));
+        } else if is_dir {
+            quiet_dirs.insert(rel.clone(), (u.abs, u.meta));
+        }
+        if is_dir && !(same && lower_parts == upper_parts && lo == up) {
+            let level = merged_children(&lower_parts, lo, &upper_parts, up)?;
+            stack.push((rel, level));
+        }
+    }
+    let partners: Vec<_> = unchanged_linked
+        .into_iter()
+        .filter(|(inode, _)| changed_linked.contains(inode))
+        .flat_map(|(_, paths)| paths)
+        .collect();
+    if !partners.is_empty() {
+        for (rel, abs, meta) in partners {
+            out.push(Change::Put {
+                rel,
+                abs,
                 meta,
                 opaque: false,
             });
         }
-        if is_dir {
-            // Below a directory that replaced a non-directory, everything is new.
-            let lower_dir = lower_abs.filter(|_| lower_meta.as_ref().is_some_and(|m| m.is_dir()));
-            let level = merged_children(lower_dir.as_deref(), &abs)?;
-            stack.push((rel, lower_dir.is_some(), level));
-        }
+        // Back into tar order: depth-first, names sorted (component-wise).
+        out.sort_by(|a, b| change_path(a).components().cmp(change_path(b).components()));
     }
-    Ok(out)
+    Ok(with_parents(out, quiet_dirs))
+}
+
+/// `changes` with an entry for every unchanged parent directory of a change, written
+/// before it, as image builders write layers: a layer applied onto another tree must not
+/// leave those directories to be made up (mode 0755, root) by the applier.
+fn with_parents(
+    changes: Vec<Change>,
+    mut quiet_dirs: HashMap<PathBuf, (PathBuf, Metadata)>,
+) -> Vec<Change> {
+    if quiet_dirs.is_empty() {
+        return changes;
+    }
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        let ancestors: Vec<PathBuf> = change_path(&change)
+            .ancestors()
+            .skip(1)
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .collect();
+        for dir in ancestors.into_iter().rev() {
+            if let Some((abs, meta)) = quiet_dirs.remove(&dir) {
+                out.push(Change::Put {
+                    rel: dir,
+                    abs,
+                    meta,
+                    opaque: false,
+                });
+            }
+        }
+        out.push(change);
+    }
+    out
+}
+
+fn change_path(c: &Change) -> &Path {
+    match c {
+        Change::Put { rel, .. } | Change::Delete { rel, .. } => rel,
+    }
 }
 
 /// Whether two entries are equal for layer purposes: type, mode, owner, link target,
@@ -321,6 +512,9 @@ fn same_entry(
     b: &Metadata,
     b_path: &Path,
 ) -> Result<bool, LayerError> {
+    if a.dev() == b.dev() && a.ino() == b.ino() {
+        return Ok(true); // the same file, reached through two trees that share a layer
+    }
     if a.mode() != b.mode() || a.uid() != b.uid() || a.gid() != b.gid() || a.rdev() != b.rdev() {
         return Ok(false);
     }
@@ -336,6 +530,11 @@ fn same_entry(
         return Ok(ta == tb);
     }
     if a.len() != b.len() || a.mtime() != b.mtime() || a.mtime_nsec() != b.mtime_nsec() {
+        return Ok(false);
+    }
+    if a.is_file() && (a.nlink() > 1 || b.nlink() > 1) {
+        // Different inodes, one of them linked elsewhere: the link structure may differ
+        // (linked on one side, separate on the other), which only a rewrite carries.
         return Ok(false);
     }
     if a.is_file() && a.mtime_nsec() == 0 {
@@ -372,7 +571,7 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Extended attributes worth carrying in a layer, sorted; overlayfs' own are left out.
-fn xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, LayerError> {
+pub(crate) fn xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, LayerError> {
     let wrap = |e: crate::Error| LayerError::Io {
         op: "read xattrs",
         path: path.to_path_buf(),

@@ -2,12 +2,16 @@
 //! directory, confined to it whatever the layer says.
 
 mod apply;
-mod diff;
+pub(crate) mod diff;
 mod digest;
+pub(crate) mod materialize;
 mod root;
 
-pub use apply::{apply_layer, ApplyOptions, ApplyReport, WhiteoutStyle};
-pub use diff::{write_diff, DiffReport, DiffSource};
+pub use apply::{
+    adopt_lower_attributes, apply_layer, drop_redundant_whiteouts, ApplyOptions, ApplyReport,
+    WhiteoutStyle,
+};
+pub use diff::{write_diff, DiffReport, DiffSource, LayeredTree};
 pub use digest::{Digest, HashingReader};
 
 use std::path::PathBuf;

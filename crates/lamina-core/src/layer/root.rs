@@ -18,6 +18,9 @@ pub(crate) struct Root {
     /// The last parent directory resolved, reused by the next entry in the same directory
     /// (shared, so callers hold it without duplicating the descriptor).
     cached: Option<(Vec<OsString>, Rc<OwnedFd>)>,
+    /// Directories created because an entry needed them as parents (the layer had no
+    /// entry of their own), in creation order.
+    implicit: Vec<Vec<OsString>>,
 }
 
 fn io<'a>(
@@ -69,12 +72,21 @@ impl Root {
             path: path.to_path_buf(),
             source: e.into(),
         })?;
-        Ok(Root { fd, cached: None })
+        Ok(Root {
+            fd,
+            cached: None,
+            implicit: Vec::new(),
+        })
     }
 
     /// The root directory itself.
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+
+    /// Directories created only as parents of entries, so far.
+    pub fn implicit_dirs(&self) -> &[Vec<OsString>] {
+        &self.implicit
     }
 
     /// Forgets the cached parent: call after anything that may replace a directory.
@@ -122,7 +134,7 @@ impl Root {
 
     /// Creates each missing directory of `comps`, one level at a time, each inside the
     /// (confined) resolution of its parent. A non-directory in the way is replaced.
-    fn create_dirs(&self, comps: &[OsString]) -> Result<OwnedFd, LayerError> {
+    fn create_dirs(&mut self, comps: &[OsString]) -> Result<OwnedFd, LayerError> {
         let mut parent = self.resolve(&[]).map_err(io("resolve", &[]))?;
         for i in 0..comps.len() {
             match self.resolve(&comps[..=i]) {
@@ -145,6 +157,7 @@ impl Root {
                     parent = self
                         .resolve(&comps[..=i])
                         .map_err(io("resolve", &comps[..=i]))?;
+                    self.implicit.push(comps[..=i].to_vec());
                 }
                 Err(e) => return Err(io("resolve", &comps[..=i])(e)),
             }

@@ -78,6 +78,33 @@ fn print_info(output: Output, i: pb::LayerInfo, to_stderr: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// Writes a streamed layer blob to `file` ("-" = stdout) and prints its digests (to
+/// stderr when the blob goes to stdout).
+pub(crate) async fn save_blob(
+    mut stream: tonic::Streaming<pb::DiffChunk>,
+    file: &Path,
+    output: Output,
+) -> anyhow::Result<()> {
+    let to_stdout = file == Path::new("-");
+    let mut sink: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(file).with_context(|| format!("creating {}", file.display()))?,
+        )
+    };
+    let mut info = None;
+    while let Some(chunk) = stream.message().await? {
+        sink.write_all(&chunk.data)?;
+        if chunk.info.is_some() {
+            info = chunk.info;
+        }
+    }
+    sink.flush()?;
+    let info = info.ok_or_else(|| anyhow!("laminad ended the layer without its digests"))?;
+    print_info(output, info, to_stdout)
+}
+
 fn open_input(file: &Path) -> anyhow::Result<Box<dyn Read + Send>> {
     if file == Path::new("-") {
         return Ok(Box::new(std::io::stdin()));
@@ -151,29 +178,11 @@ pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<
             file,
             compression,
         } => {
-            let mut stream = client
+            let stream = client
                 .diff(pb::DiffRequest { key, compression })
                 .await?
                 .into_inner();
-            let to_stdout = file == Path::new("-");
-            let mut sink: Box<dyn Write> = if to_stdout {
-                Box::new(std::io::stdout().lock())
-            } else {
-                Box::new(
-                    std::fs::File::create(&file)
-                        .with_context(|| format!("creating {}", file.display()))?,
-                )
-            };
-            let mut info = None;
-            while let Some(chunk) = stream.message().await? {
-                sink.write_all(&chunk.data)?;
-                if chunk.info.is_some() {
-                    info = chunk.info;
-                }
-            }
-            sink.flush()?;
-            let info = info.ok_or_else(|| anyhow!("laminad ended the diff without its digests"))?;
-            print_info(output, info, to_stdout)
+            save_blob(stream, &file, output).await
         }
     }
 }

@@ -3,6 +3,7 @@
 mod cache;
 mod images;
 mod layer;
+mod merge;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -98,6 +99,14 @@ enum Command {
     /// Apply layer blobs into snapshots; export snapshots as layers.
     #[command(subcommand)]
     Layer(layer::Command),
+    /// Merge snapshots: a committed snapshot made of the diffs applied in order, as if
+    /// each were exported as a layer and unpacked (stacked on overlayfs when every diff is
+    /// one layer over its parent, else a tree of hard links: no file data is copied).
+    Merge(merge::MergeArgs),
+    /// Make a committed snapshot holding only the changes from one snapshot to another.
+    Diff(merge::DiffArgs),
+    /// Write the changes from one snapshot to another as a layer blob.
+    Export(merge::ExportArgs),
     /// Show disk usage: per snapshot the bytes only it holds and those it shares (hard
     /// links, each inode counted once), totals, and (verbose) the cache records.
     Du {
@@ -133,6 +142,9 @@ fn main() {
                 match cli.command {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
                     Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
+                    Command::Merge(args) => merge::merge(&cli.socket, cli.output, args).await,
+                    Command::Diff(args) => merge::diff(&cli.socket, cli.output, args).await,
+                    Command::Export(args) => merge::export(&cli.socket, cli.output, args).await,
                     Command::Du { verbose } => cache::du(&cli.socket, cli.output, verbose).await,
                     Command::Prune(args) => cache::prune(&cli.socket, cli.output, args).await,
                     Command::Gc => cache::gc(&cli.socket, cli.output).await,

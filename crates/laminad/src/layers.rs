@@ -47,12 +47,20 @@ impl LayerService {
 
 /// A blocking `Write` that sends full chunks to a gRPC response stream; fails with
 /// BrokenPipe when the client has gone, which stops the diff.
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: mpsc::Sender<Result<pb::DiffChunk, Status>>,
     buf: Vec<u8>,
 }
 
 impl ChannelWriter {
+    /// A writer sending to `tx`.
+    pub(crate) fn new(tx: mpsc::Sender<Result<pb::DiffChunk, Status>>) -> Self {
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
     fn send(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -88,7 +96,19 @@ fn digest_arg(what: &str, s: &str) -> Result<Option<Digest>, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("{what} {s:?} is not a sha256 digest")))
 }
 
-fn info(
+/// The compression a request names ("" = gzip).
+pub(crate) fn compression(name: &str) -> Result<Compression, Status> {
+    match name {
+        "" | "gzip" => Ok(Compression::Gzip),
+        "zstd" => Ok(Compression::Zstd),
+        "none" => Ok(Compression::None),
+        other => Err(Status::invalid_argument(format!(
+            "unknown compression {other:?} (gzip, zstd or none)"
+        ))),
+    }
+}
+
+pub(crate) fn info(
     digest: Digest,
     diff_id: Digest,
     size: u64,
@@ -104,7 +124,7 @@ fn info(
     }
 }
 
-type DiffStream = Pin<Box<dyn Stream<Item = Result<pb::DiffChunk, Status>> + Send>>;
+pub(crate) type DiffStream = Pin<Box<dyn Stream<Item = Result<pb::DiffChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Layers for LayerService {
@@ -176,23 +196,11 @@ impl Layers for LayerService {
         req: Request<pb::DiffRequest>,
     ) -> Result<Response<Self::DiffStream>, Status> {
         let r = req.into_inner();
-        let compression = match r.compression.as_str() {
-            "" | "gzip" => Compression::Gzip,
-            "zstd" => Compression::Zstd,
-            "none" => Compression::None,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown compression {other:?} (gzip, zstd or none)"
-                )))
-            }
-        };
+        let compression = compression(&r.compression)?;
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let mut writer = ChannelWriter {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(CHUNK),
-            };
+            let mut writer = ChannelWriter::new(tx.clone());
             let last = match store.diff(&r.key, compression, &mut writer) {
                 Ok(rep) => Ok(pb::DiffChunk {
                     data: Vec::new(),

@@ -6,6 +6,7 @@ mod cache;
 mod config;
 mod images;
 mod layers;
+mod merge;
 mod pull;
 mod remote;
 mod server;

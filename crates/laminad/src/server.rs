@@ -11,6 +11,7 @@ use lamina_core::{Snapshotter, StoreConfig};
 use lamina_proto::lamina::v1::cache_server::CacheServer;
 use lamina_proto::lamina::v1::images_server::ImagesServer;
 use lamina_proto::lamina::v1::layers_server::LayersServer;
+use lamina_proto::lamina::v1::merges_server::MergesServer;
 use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,6 +21,7 @@ use crate::cache::CacheService;
 use crate::config::Config;
 use crate::images::ImageService;
 use crate::layers::LayerService;
+use crate::merge::MergeService;
 use crate::remote::RemoteFetcher;
 use crate::service::SnapshotService;
 
@@ -76,6 +78,10 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
             LayerService::new(store.clone()).with_gc_gate(gc_gate.clone()),
         ))
         .add_service(CacheServer::new(CacheService::new(cache, gc_gate.clone())))
+        .add_service(MergesServer::new(MergeService::new(
+            store.clone(),
+            gc_gate.clone(),
+        )))
         .add_service(ImagesServer::new(
             ImageService::new(store, UNPACK_PARALLELISM, hosts).with_gc_gate(gc_gate),
         ))

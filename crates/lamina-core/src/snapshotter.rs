@@ -810,6 +810,17 @@ impl Snapshotter {
         Ok(deps)
     }
 
+    /// Every snapshot with its kind and its own tree (overlay upper directory or native
+    /// full tree), for walks that account for disk usage across snapshots.
+    pub fn trees(&self) -> Result<Vec<(String, Kind, PathBuf)>> {
+        let mut out = Vec::new();
+        self.meta.for_each(|key, rec| {
+            out.push((key.to_owned(), rec.kind, self.backend.fs_dir(rec.id)));
+            true
+        })?;
+        Ok(out)
+    }
+
     /// The metadata database, for stores (the cache manager) whose tables live in the
     /// same file as the snapshots', so one transaction can cover both.
     pub(crate) fn db(&self) -> &redb::Database {

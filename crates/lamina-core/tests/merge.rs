@@ -592,3 +592,164 @@ fn a_writable_child_of_a_merge_never_changes_its_sources() {
     s.remove("m0").unwrap();
     s.remove(&l[1]).unwrap();
 }
+
+/// A hard-link merge costs no file data: its own usage leaves out what it linked in, and
+/// disk usage across the store shows those files as shared with the sources, each inode
+/// counted once.
+#[test]
+fn hard_link_merges_share_their_files_with_the_sources() {
+    require_root();
+    let t = tmp();
+    let s = std::sync::Arc::new(store(&t.path().join("root")));
+    let big = vec![7u8; 200_000];
+    let mut tree = std::collections::BTreeSet::new();
+    let tars = [
+        layer_tar(
+            &[Op::File {
+                path: "a/big".into(),
+                data: big.clone(),
+                mode: 0o644,
+            }],
+            &mut tree,
+        ),
+        layer_tar(
+            &[Op::File {
+                path: "b/small".into(),
+                data: b"s".to_vec(),
+                mode: 0o644,
+            }],
+            &mut tree,
+        ),
+    ];
+    let l = chain(&s, "l", &tars);
+    let before = lamina_core::cache::CacheManager::open(s.clone())
+        .unwrap()
+        .disk_usage()
+        .unwrap();
+    let r = s
+        .merge("m", &[DiffSpec::new("", &l[1])], Labels::new())
+        .unwrap();
+    assert_eq!(r.method, MergeMethod::HardLinked);
+    assert!(
+        r.usage.size < 100_000,
+        "linked bytes are not the merge's own: {:?}",
+        r.usage
+    );
+    assert_eq!(s.usage("m").unwrap(), r.usage);
+    let after = lamina_core::cache::CacheManager::open(s.clone())
+        .unwrap()
+        .disk_usage()
+        .unwrap();
+    let of = |name: &str| {
+        after
+            .snapshots
+            .iter()
+            .find(|u| u.key == name)
+            .unwrap()
+            .clone()
+    };
+    assert!(of("m").shared >= 200_000, "{:?}", of("m"));
+    assert!(of("l-0").shared >= 200_000, "{:?}", of("l-0"));
+    assert!(of("m").exclusive < 100_000, "{:?}", of("m"));
+    // The store grew by the merge's directories and inodes, not by the file's bytes.
+    assert!(
+        after.total - before.total < 100_000,
+        "{} -> {}",
+        before.total,
+        after.total
+    );
+}
+
+/// The native backend (no overlayfs) merges with hard links and diffs by comparing full
+/// trees; the results match the exported diffs unpacked, as on overlayfs.
+#[test]
+fn native_backend_merges_and_diffs_match_exported_layers() {
+    require_root();
+    let t = tmp();
+    let s =
+        Snapshotter::open(StoreConfig::new(t.path().join("root"), BackendKind::Native)).unwrap();
+    let scratch = t.path().join("scratch");
+    let a_ops = vec![
+        vec![
+            Op::File {
+                path: "a/x".into(),
+                data: b"ax".to_vec(),
+                mode: 0o644,
+            },
+            Op::File {
+                path: "a/c/y".into(),
+                data: b"acy".to_vec(),
+                mode: 0o4755,
+            },
+            Op::HardLink {
+                path: "b/z".into(),
+                target: "a/x".into(),
+            },
+            Op::Symlink {
+                path: "l".into(),
+                target: "a/x".into(),
+            },
+        ],
+        vec![
+            Op::Delete {
+                path: "a/c/y".into(),
+            },
+            Op::Opaque { dir: "b".into() },
+            Op::File {
+                path: "b/new".into(),
+                data: b"bn".to_vec(),
+                mode: 0o600,
+            },
+        ],
+    ];
+    let b_ops = vec![vec![
+        Op::File {
+            path: "a/x".into(),
+            data: b"other".to_vec(),
+            mode: 0o644,
+        },
+        Op::Dir {
+            path: "a/c".into(),
+            mode: 0o1777,
+        },
+    ]];
+    let a = chain(&s, "a", &chain_tars(&a_ops));
+    let b = chain(&s, "b", &chain_tars(&b_ops));
+    let cases = [
+        vec![DiffSpec::new("", &b[0]), DiffSpec::new("", &a[1])],
+        vec![DiffSpec::new("", &b[0]), DiffSpec::new(&a[0], &a[1])],
+        vec![
+            DiffSpec::new("", &a[0]),
+            DiffSpec::new(&a[0], &a[1]),
+            DiffSpec::new("", &b[0]),
+        ],
+    ];
+    for (i, diffs) in cases.iter().enumerate() {
+        let key = format!("m{i}");
+        let r = s.merge(&key, diffs, Labels::new()).unwrap();
+        assert_eq!(r.method, MergeMethod::HardLinked);
+        let expected = unpack_exports(&s, diffs, &format!("exp{i}"));
+        same(
+            &view_manifest(&s, &key, &scratch),
+            &view_manifest(&s, &expected, &scratch),
+            &format!("native merge {i} vs the exported diffs unpacked"),
+        );
+    }
+    s.diff_snapshot("d", &a[0], &a[1], Labels::new()).unwrap();
+    let err = s.prepare("on-d", "d", Labels::new()).unwrap_err();
+    assert!(
+        matches!(err, lamina_core::Error::FailedPrecondition(_)),
+        "{err}"
+    );
+    s.merge(
+        "md",
+        &[DiffSpec::new("", &a[0]), DiffSpec::new("", "d")],
+        Labels::new(),
+    )
+    .unwrap();
+    same(
+        &view_manifest(&s, "md", &scratch),
+        &view_manifest(&s, &a[1], &scratch),
+        "native merge of a0 and diff(a0, a1) vs a1",
+    );
+}

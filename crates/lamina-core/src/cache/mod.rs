@@ -339,20 +339,5 @@ impl CacheManager {
 /// `Record` type, so only the table name is repeated here). Only [`du`] and [`gc`] use
 /// it, to walk trees; a public accessor on [`Snapshotter`] would replace it.
 pub(crate) fn snapshot_trees(store: &Snapshotter) -> Result<Vec<(String, Kind, PathBuf)>> {
-    const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-    let dir = store.root().join("snapshots");
-    let txn = store.db().begin_read()?;
-    let table = txn.open_table(SNAPSHOTS)?;
-    let mut out = Vec::new();
-    for item in table.iter()? {
-        let (k, v) = item?;
-        let key = k.value().to_owned();
-        let rec: crate::meta::Record =
-            postcard::from_bytes(v.value()).map_err(|source| Error::CorruptRecord {
-                key: key.clone(),
-                source,
-            })?;
-        out.push((key, rec.kind, dir.join(rec.id.to_string()).join("fs")));
-    }
-    Ok(out)
+    store.trees()
 }

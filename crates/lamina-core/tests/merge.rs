@@ -318,6 +318,21 @@ fn view_manifest(s: &Snapshotter, name: &str, scratch: &Path) -> BTreeMap<PathBu
     m
 }
 
+/// Every path in the tree at `root`, itself included.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if std::fs::symlink_metadata(&out[i]).unwrap().is_dir() {
+            for e in std::fs::read_dir(&out[i]).unwrap() {
+                out.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 fn same(a: &BTreeMap<PathBuf, EntryFacts>, b: &BTreeMap<PathBuf, EntryFacts>, what: &str) {
     let d = manifest_differences(a, b);
     assert!(
@@ -636,6 +651,26 @@ fn hard_link_merges_share_their_files_with_the_sources() {
         r.usage
     );
     assert_eq!(s.usage("m").unwrap(), r.usage);
+    // The same, counted independently: every entry of the merged tree whose inode is not
+    // one of the sources'.
+    use std::os::unix::fs::MetadataExt;
+    let trees = s.trees().unwrap();
+    let tree_of = |name: &str| trees.iter().find(|(k, _, _)| k == name).unwrap().2.clone();
+    let mut source_inodes = std::collections::HashSet::new();
+    for name in &l {
+        for e in walk(&tree_of(name)) {
+            source_inodes.insert(std::fs::symlink_metadata(e).unwrap().ino());
+        }
+    }
+    let (mut size, mut inodes) = (0i64, 0i64);
+    for e in walk(&tree_of("m")) {
+        let m = std::fs::symlink_metadata(e).unwrap();
+        if !source_inodes.contains(&m.ino()) {
+            size += m.blocks() as i64 * 512;
+            inodes += 1;
+        }
+    }
+    assert_eq!((r.usage.size, r.usage.inodes), (size, inodes));
     let after = lamina_core::cache::CacheManager::open(s.clone())
         .unwrap()
         .disk_usage()

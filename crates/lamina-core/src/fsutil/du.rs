@@ -10,19 +10,9 @@ use crate::model::Usage;
 /// Sums allocated bytes and inodes under `root` (itself included), counting a hard-linked
 /// inode once and never crossing into other filesystems.
 pub fn disk_usage(root: &Path) -> Result<Usage> {
-    disk_usage_excluding(root, &HashSet::new())
-}
-
-/// [`disk_usage`] leaving out inodes (device, inode) in `exclude`: files a merge linked
-/// in from other snapshots, whose bytes those snapshots already count.
-pub fn disk_usage_excluding(root: &Path, exclude: &HashSet<(u64, u64)>) -> Result<Usage> {
     let meta = std::fs::symlink_metadata(root).ctx("stat", root)?;
     let dev = meta.dev();
-    let mut seen: HashSet<u64> = exclude
-        .iter()
-        .filter(|(d, _)| *d == dev)
-        .map(|(_, i)| *i)
-        .collect();
+    let mut seen: HashSet<u64> = HashSet::new();
     let mut usage = Usage::default();
     account(&meta, &mut seen, &mut usage);
     let mut stack = vec![root.to_path_buf()];

@@ -5,7 +5,7 @@ mod du;
 mod manifest;
 
 pub use copy::copy_tree;
-pub use du::{disk_usage, disk_usage_excluding};
+pub use du::disk_usage;
 pub use manifest::{manifest_differences, tree_manifest, EntryFacts};
 
 use std::path::Path;

@@ -38,6 +38,34 @@ pub(crate) struct Materialized {
     /// Inodes (device, inode) that were linked in rather than created: their bytes
     /// belong to the snapshots they came from.
     pub linked: HashSet<(u64, u64)>,
+    /// Paths of the entries made here (directories, symlinks, devices, whiteouts,
+    /// copies), some perhaps replaced or removed since: what [`own_usage`] counts.
+    pub own: HashSet<Vec<OsString>>,
+}
+
+/// Disk usage of what `done` made in `dest` (the tree's root included), without the
+/// linked-in files: what a walk of the whole tree would give, at the cost of a stat per
+/// entry made rather than per entry.
+pub(crate) fn own_usage(dest: &Path, done: &Materialized) -> Result<crate::Usage, LayerError> {
+    let meta = std::fs::symlink_metadata(dest).map_err(|e| LayerError::Io {
+        op: "stat",
+        path: dest.to_path_buf(),
+        source: e,
+    })?;
+    let mut usage = crate::Usage {
+        size: (meta.blocks() * 512) as i64,
+        inodes: 1,
+    };
+    for comps in &done.own {
+        let Ok(m) = std::fs::symlink_metadata(dest.join(join(comps))) else {
+            continue; // removed by a later change
+        };
+        if !done.linked.contains(&(m.dev(), m.ino())) {
+            usage.size += (m.blocks() * 512) as i64;
+            usage.inodes += 1;
+        }
+    }
+    Ok(usage)
 }
 
 /// Writes `changes` into `dest` (which must exist), adding to `done`.
@@ -56,7 +84,13 @@ pub(crate) fn materialize(
     for change in changes {
         done.entries += 1;
         match change {
-            Change::Delete { rel, mtime } => w.delete(&clean(&rel), mtime)?,
+            Change::Delete { rel, mtime } => {
+                let comps = clean(&rel);
+                w.delete(&comps, mtime)?;
+                if target == Target::Layer {
+                    done.own.insert(comps);
+                }
+            }
             Change::Put {
                 rel,
                 abs,
@@ -69,12 +103,16 @@ pub(crate) fn materialize(
                 }
                 if meta.is_dir() {
                     w.directory(&comps, &abs, &meta, opaque)?;
+                    done.own.insert(comps);
                 } else if let Some(inode) = w.other(&comps, &abs, &meta)? {
                     done.linked.insert(inode);
+                } else {
+                    done.own.insert(comps);
                 }
             }
         }
     }
+    done.own.extend(w.root.implicit_dirs().iter().cloned());
     // Directory times last: creating their children changed them.
     for (comps, mtime) in std::mem::take(&mut w.dir_times).into_iter().rev() {
         if let Some(dir) = w.root.dir(&comps, false)? {
@@ -247,35 +285,63 @@ impl Writer {
     ) -> Result<Option<(u64, u64)>, LayerError> {
         let dir = self.parent(comps)?;
         let name = comps.last().expect("non-empty path");
-        self.clear(&dir, comps)?;
         let ft = meta.file_type();
-        if ft.is_file() {
-            match rustix::fs::linkat(rustix::fs::CWD, abs, &*dir, name, AtFlags::empty()) {
-                Ok(()) => return Ok(Some((meta.dev(), meta.ino()))),
-                // The inode has as many links as the file system allows: copy it.
-                Err(rustix::io::Errno::MLINK) => copy_file(&dir, name, abs, meta, comps)?,
-                Err(e) => return Err(io("link", comps)(e)),
-            }
-            return Ok(None);
-        }
-        if ft.is_symlink() {
-            let target = std::fs::read_link(abs).map_err(std_io("readlink", comps))?;
-            rustix::fs::symlinkat(&target, &*dir, name).map_err(io("symlink", comps))?;
-            self.root.invalidate(); // a symlink may stand where a cached directory was
+        let kind = if ft.is_file() {
+            FileType::RegularFile
+        } else if ft.is_symlink() {
+            FileType::Symlink
+        } else if ft.is_char_device() {
+            FileType::CharacterDevice
+        } else if ft.is_block_device() {
+            FileType::BlockDevice
+        } else if ft.is_fifo() {
+            FileType::Fifo
         } else {
-            let kind = if ft.is_char_device() {
-                FileType::CharacterDevice
-            } else if ft.is_block_device() {
-                FileType::BlockDevice
-            } else if ft.is_fifo() {
-                FileType::Fifo
-            } else {
-                return Ok(None); // sockets do not belong in layers (export skips them too)
-            };
-            sys::mknod_at(&*dir, name, kind, meta.mode() & 0o7777, meta.rdev())
-                .map_err(std_io("mknod", comps))?;
+            return Ok(None); // sockets do not belong in layers (export skips them too)
+        };
+        let target = match kind {
+            FileType::Symlink => Some(std::fs::read_link(abs).map_err(std_io("readlink", comps))?),
+            _ => None,
+        };
+        let make = |dir: &OwnedFd| -> rustix::io::Result<()> {
+            match (kind, &target) {
+                (FileType::RegularFile, _) => {
+                    rustix::fs::linkat(rustix::fs::CWD, abs, dir, name, AtFlags::empty())
+                }
+                (FileType::Symlink, Some(t)) => rustix::fs::symlinkat(t, dir, name),
+                _ => rustix::fs::mknodat(
+                    dir,
+                    name,
+                    kind,
+                    Mode::from_raw_mode(meta.mode() & 0o7777),
+                    meta.rdev(),
+                ),
+            }
+        };
+        // Make it first and clear the way only when the name is taken: it almost never
+        // is, and a lookup per entry costs as much as the link itself.
+        let made = match make(&dir) {
+            Err(rustix::io::Errno::EXIST) => {
+                self.clear(&dir, comps)?;
+                make(&dir)
+            }
+            r => r,
+        };
+        match (kind, made) {
+            (FileType::RegularFile, Ok(())) => return Ok(Some((meta.dev(), meta.ino()))),
+            // The inode has as many links as the file system allows: copy it.
+            (FileType::RegularFile, Err(rustix::io::Errno::MLINK)) => {
+                copy_file(&dir, name, abs, meta, comps)?;
+                return Ok(None);
+            }
+            (FileType::RegularFile, Err(e)) => return Err(io("link", comps)(e)),
+            (FileType::Symlink, r) => {
+                r.map_err(io("symlink", comps))?;
+                self.root.invalidate(); // a symlink may stand where a cached directory was
+            }
+            (_, r) => r.map_err(io("mknod", comps))?,
         }
-        set_meta_at(&dir, name, abs, meta, comps, !ft.is_symlink())?;
+        set_meta_at(&dir, name, abs, meta, comps, kind != FileType::Symlink)?;
         Ok(None)
     }
 }

@@ -268,7 +268,7 @@ impl Snapshotter {
             for plan in plans {
                 materialize(Self::changes(plan)?, &fs, target, &mut done)?;
             }
-            let usage = crate::fsutil::disk_usage_excluding(&fs, &done.linked)?;
+            let usage = crate::layer::materialize::own_usage(&fs, &done)?;
             Ok((done.entries, usage))
         })();
         let (entries, usage) = match built.and_then(|b| crate::sys::syncfs(&self.root).map(|()| b))

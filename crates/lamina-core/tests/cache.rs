@@ -2,6 +2,8 @@
 //! their policies, prune (filters, keep-duration, keep-bytes in LRU order) and disk
 //! usage that counts each hard-linked inode once, checked against `du`. Run as root.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,27 +16,8 @@ use lamina_core::cache::{
 use lamina_core::layer::Digest;
 use lamina_core::{BackendKind, Error, Labels, Snapshotter, StoreConfig};
 
-fn require_root() {
-    let uid = rustix::process::geteuid();
-    assert!(
-        uid.is_root(),
-        "this test creates snapshot trees owned by root and must run as root (uid {})",
-        uid.as_raw()
-    );
-}
-
-fn tmp() -> tempfile::TempDir {
-    let base = std::env::var_os("LAMINA_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new()
-        .prefix("lamina-cache-test-")
-        .tempdir_in(base)
-        .unwrap()
-}
-
 fn open(dir: &Path) -> (Arc<Snapshotter>, CacheManager) {
-    require_root();
+    common::require_root("this test creates snapshot trees owned by root");
     let store = Arc::new(
         Snapshotter::open(StoreConfig::new(dir.join("root"), BackendKind::Overlayfs)).unwrap(),
     );
@@ -92,7 +75,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 #[test]
 fn leases_and_gc_roots_keep_what_they_hold() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     committed(&store, "garbage", Labels::new(), &[("f", data(1, 50_000))]);
     committed(&store, "rooted", labels(&[(LABEL_GC_ROOT, "x")]), &[]);
@@ -171,7 +154,7 @@ fn leases_and_gc_roots_keep_what_they_hold() {
 
 #[test]
 fn expired_leases_are_deleted_and_release_their_snapshots() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     committed(&store, "old", Labels::new(), &[]);
     committed(&store, "fresh", Labels::new(), &[]);
@@ -214,7 +197,7 @@ fn expired_leases_are_deleted_and_release_their_snapshots() {
 
 #[test]
 fn gc_reference_labels_keep_what_they_name() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     let (blob, _) = store.content().ingest(None, &b"config blob"[..]).unwrap();
     committed(&store, "c", Labels::new(), &[]);
@@ -257,7 +240,7 @@ fn gc_reference_labels_keep_what_they_name() {
 
 #[test]
 fn recorded_images_keep_their_chain_and_blobs() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     committed(&store, "sha256:layer0", Labels::new(), &[]);
     let (layer_blob, size) = store.content().ingest(None, &b"layer"[..]).unwrap();
@@ -291,7 +274,7 @@ fn recorded_images_keep_their_chain_and_blobs() {
 
 #[test]
 fn ref_policies_decide_what_a_release_keeps() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
 
     // Default policy: a released mutable ref was scratch space.
@@ -425,7 +408,7 @@ fn record_ids(cache: &CacheManager) -> BTreeSet<String> {
 
 #[test]
 fn prune_with_keep_bytes_removes_least_recently_used_first() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     const MIB: usize = 1 << 20;
     // Created in an order unlike their last use, so creation order cannot pass for LRU.
@@ -467,7 +450,7 @@ fn prune_with_keep_bytes_removes_least_recently_used_first() {
 
 #[test]
 fn prune_keeps_recently_used_records() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     let stale = record(&store, &cache, RefOptions::default(), 1, 4096, ago(7200));
     let recent = record(&store, &cache, RefOptions::default(), 2, 4096, ago(60));
@@ -490,7 +473,7 @@ fn prune_keeps_recently_used_records() {
 
 #[test]
 fn prune_filters_types_and_in_use_records() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     let opts = |d: &str, ty| RefOptions {
         description: d.into(),
@@ -584,7 +567,7 @@ fn prune_filters_types_and_in_use_records() {
 
 #[test]
 fn prune_removes_children_before_the_records_they_are_built_on() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     let base = record(&store, &cache, RefOptions::default(), 1, 8192, ago(100));
     let parent = cache.get(&base).unwrap();
@@ -625,7 +608,7 @@ fn du_total(dirs: &[PathBuf]) -> u64 {
 #[test]
 fn disk_usage_counts_hard_links_once_and_shows_them_shared() {
     use std::os::unix::fs::MetadataExt;
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     store.prepare("a", "", Labels::new()).unwrap();
     store.prepare("b", "", Labels::new()).unwrap();
@@ -683,7 +666,7 @@ fn disk_usage_counts_hard_links_once_and_shows_them_shared() {
 
 #[test]
 fn gc_reports_bytes_freed_counting_links_to_survivors_as_kept() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (store, cache) = open(t.path());
     store
         .prepare("keeper", "", labels(&[(LABEL_GC_ROOT, "1")]))
@@ -711,7 +694,7 @@ fn gc_reports_bytes_freed_counting_links_to_survivors_as_kept() {
 
 #[test]
 fn leases_list_with_filters_and_reject_bad_input() {
-    let t = tmp();
+    let t = common::tmp("lamina-cache-test-");
     let (_store, cache) = open(t.path());
     cache
         .create_lease("one", labels(&[("team", "a")]), None)

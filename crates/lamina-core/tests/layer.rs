@@ -1,6 +1,8 @@
 //! The layer applier against well-formed and hostile layers. Runs as root (owners,
 //! device nodes, trusted xattrs).
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -11,25 +13,6 @@ use lamina_core::layer::{
     WhiteoutStyle,
 };
 use tar::{Builder, EntryType, Header};
-
-fn require_root() {
-    let uid = rustix::process::geteuid();
-    assert!(
-        uid.is_root(),
-        "layer tests set owners and create devices: run as root (uid {})",
-        uid.as_raw()
-    );
-}
-
-fn tmp() -> tempfile::TempDir {
-    let base = std::env::var_os("LAMINA_TEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new()
-        .prefix("lamina-layer-test-")
-        .tempdir_in(base)
-        .unwrap()
-}
 
 fn header(kind: EntryType, mode: u32, size: u64) -> Header {
     let mut h = Header::new_gnu();
@@ -126,7 +109,7 @@ fn every_entry_type() -> Vec<u8> {
 
 #[test]
 fn applies_every_entry_type_identically_from_tar_gzip_and_zstd() {
-    require_root();
+    common::require_root("layer tests set owners and create devices");
     let tar = every_entry_type();
     let mut reports = Vec::new();
     for (label, blob) in [
@@ -134,7 +117,7 @@ fn applies_every_entry_type_identically_from_tar_gzip_and_zstd() {
         ("gzip", gzip(&tar)),
         ("zstd", zstd(&tar)),
     ] {
-        let t = tmp();
+        let t = common::tmp("lamina-layer-test-");
         let r = apply(&blob, t.path(), &ApplyOptions::default())
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         let p = t.path();
@@ -204,8 +187,8 @@ fn applies_every_entry_type_identically_from_tar_gzip_and_zstd() {
 
 #[test]
 fn overlay_whiteouts_become_devices_and_opaque_xattrs() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let mut b = Builder::new(Vec::new());
     file(&mut b, "etc/.wh.shadow", b"", 0o644);
     dir(&mut b, "opq/", 0o755);
@@ -228,8 +211,8 @@ fn overlay_whiteouts_become_devices_and_opaque_xattrs() {
 
 #[test]
 fn delete_style_whiteouts_remove_lower_content() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let p = t.path();
     std::fs::create_dir_all(p.join("gone/sub")).unwrap();
     std::fs::write(p.join("gone/sub/f"), b"x").unwrap();
@@ -260,8 +243,8 @@ fn delete_style_whiteouts_remove_lower_content() {
 
 #[test]
 fn hard_link_to_a_lower_layer_file_copies_it_up() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let lower = t.path().join("lower");
     let upper = t.path().join("upper");
     std::fs::create_dir_all(lower.join("usr/bin")).unwrap();
@@ -291,8 +274,8 @@ fn hard_link_to_a_lower_layer_file_copies_it_up() {
 /// A layer that tries to write outside its root in every way a tar allows.
 #[test]
 fn hostile_paths_stay_inside_the_root() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let outside = t.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("secret"), b"secret").unwrap();
@@ -398,9 +381,9 @@ fn hostile_paths_stay_inside_the_root() {
 
 #[test]
 fn broken_streams_fail_clearly() {
-    require_root();
+    common::require_root("layer tests set owners and create devices");
     let tar = every_entry_type();
-    let t = tmp();
+    let t = common::tmp("lamina-layer-test-");
     let d = |name: &str| {
         let p = t.path().join(name);
         std::fs::create_dir(&p).unwrap();
@@ -479,8 +462,8 @@ fn assert_same_tree(a: &Path, b: &Path, what: &str) {
 
 #[test]
 fn overlay_diff_round_trips_and_is_deterministic() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let upper = t.path().join("upper");
     std::fs::create_dir(&upper).unwrap();
     let mut tar = every_entry_type();
@@ -516,8 +499,8 @@ fn overlay_diff_round_trips_and_is_deterministic() {
 
 #[test]
 fn tree_diff_applied_onto_the_lower_tree_gives_the_upper_tree() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let lower = t.path().join("lower");
     std::fs::create_dir(&lower).unwrap();
     apply(&every_entry_type(), &lower, &ApplyOptions::default()).unwrap();
@@ -584,8 +567,8 @@ fn tree_diff_applied_onto_the_lower_tree_gives_the_upper_tree() {
 /// tar header type 83"), unpacks with its content and its holes.
 #[test]
 fn gnu_sparse_files_from_gnu_tar() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let src = t.path().join("src/var");
     std::fs::create_dir_all(&src).unwrap();
     let f = std::fs::File::create(src.join("sparse.img")).unwrap();
@@ -631,8 +614,8 @@ fn owned(kind: EntryType, mode: u32, size: u64, uid: u64, gid: u64) -> Header {
 
 #[test]
 fn later_entries_replace_earlier_ones_and_owners_are_exact() {
-    require_root();
-    let t = tmp();
+    common::require_root("layer tests set owners and create devices");
+    let t = common::tmp("lamina-layer-test-");
     let mut b = Builder::new(Vec::new());
     // Replacements within one layer: the last entry for a name wins.
     file(&mut b, "a", b"file first", 0o644);
@@ -691,12 +674,12 @@ fn later_entries_replace_earlier_ones_and_owners_are_exact() {
 
 #[test]
 fn a_blob_digest_checked_elsewhere_is_reported_not_recomputed() {
-    require_root();
+    common::require_root("layer tests set owners and create devices");
     let mut b = Builder::new(Vec::new());
     file(&mut b, "f", b"data", 0o644);
     let blob = gzip(&b.into_inner().unwrap());
     let claimed = Digest::of(b"not the blob");
-    let t = tmp();
+    let t = common::tmp("lamina-layer-test-");
     let opts = ApplyOptions {
         expected_digest: Some(claimed.clone()),
         blob_digest_checked_elsewhere: true,
@@ -709,7 +692,7 @@ fn a_blob_digest_checked_elsewhere_is_reported_not_recomputed() {
     );
     assert_eq!(r.compressed_size, blob.len() as u64);
     // Without someone else checking, the same claim is refused.
-    let t = tmp();
+    let t = common::tmp("lamina-layer-test-");
     let opts = ApplyOptions {
         blob_digest_checked_elsewhere: false,
         ..opts

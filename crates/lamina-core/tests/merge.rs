@@ -5,6 +5,8 @@
 //! (proptest): adds, modifications, deletions, opaque directories, hard links, symlinks,
 //! renames.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -13,25 +15,6 @@ use lamina_core::layer::{ApplyOptions, Compression};
 use lamina_core::{BackendKind, DiffSpec, Labels, MergeMethod, Snapshotter, StoreConfig};
 use proptest::prelude::*;
 use tar::{Builder, EntryType, Header};
-
-fn require_root() {
-    let uid = rustix::process::geteuid();
-    assert!(
-        uid.is_root(),
-        "merge tests mount overlays and set owners: run as root (uid {})",
-        uid.as_raw()
-    );
-}
-
-fn tmp() -> tempfile::TempDir {
-    let base = std::env::var_os("LAMINA_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new()
-        .prefix("lamina-merge-test-")
-        .tempdir_in(base)
-        .unwrap()
-}
 
 /// One change a generated layer makes.
 #[derive(Debug, Clone)]
@@ -365,7 +348,7 @@ fn unpack_exports(s: &Snapshotter, diffs: &[DiffSpec], prefix: &str) -> String {
 }
 
 fn check_case(a_layers: &[Vec<Op>], b_layers: &[Vec<Op>]) {
-    let t = tmp();
+    let t = common::tmp("lamina-merge-test-");
     let s = store(&t.path().join("root"));
     let scratch = t.path().join("scratch");
     let a = chain(&s, "a", &chain_tars(a_layers));
@@ -493,7 +476,7 @@ proptest! {
         a in prop::collection::vec(layer_ops(), 1..4),
         b in prop::collection::vec(layer_ops(), 1..4),
     ) {
-        require_root();
+        common::require_root("merge tests mount overlays and set owners");
         check_case(&a, &b);
     }
 }
@@ -502,8 +485,8 @@ proptest! {
 /// every source snapshot stays byte-identical (files, modes, times, links).
 #[test]
 fn a_writable_child_of_a_merge_never_changes_its_sources() {
-    require_root();
-    let t = tmp();
+    common::require_root("merge tests mount overlays and set owners");
+    let t = common::tmp("lamina-merge-test-");
     let s = store(&t.path().join("root"));
     let scratch = t.path().join("scratch");
     let mut tree = std::collections::BTreeSet::new();
@@ -613,8 +596,8 @@ fn a_writable_child_of_a_merge_never_changes_its_sources() {
 /// counted once.
 #[test]
 fn hard_link_merges_share_their_files_with_the_sources() {
-    require_root();
-    let t = tmp();
+    common::require_root("merge tests mount overlays and set owners");
+    let t = common::tmp("lamina-merge-test-");
     let s = std::sync::Arc::new(store(&t.path().join("root")));
     let big = vec![7u8; 200_000];
     let mut tree = std::collections::BTreeSet::new();
@@ -699,8 +682,8 @@ fn hard_link_merges_share_their_files_with_the_sources() {
 /// trees; the results match the exported diffs unpacked, as on overlayfs.
 #[test]
 fn native_backend_merges_and_diffs_match_exported_layers() {
-    require_root();
-    let t = tmp();
+    common::require_root("merge tests mount overlays and set owners");
+    let t = common::tmp("lamina-merge-test-");
     let s =
         Snapshotter::open(StoreConfig::new(t.path().join("root"), BackendKind::Native)).unwrap();
     let scratch = t.path().join("scratch");

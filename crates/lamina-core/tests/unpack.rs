@@ -1,6 +1,8 @@
 //! Unpacking an image's layers into a committed chain, in parallel on overlayfs: the
 //! mounted result equals applying the layers one after another onto one tree.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -8,25 +10,6 @@ use lamina_core::fsutil::{manifest_differences, tree_manifest};
 use lamina_core::layer::{apply_layer, ApplyOptions, Digest, WhiteoutStyle};
 use lamina_core::{BackendKind, Labels, LayerSource, Snapshotter, StoreConfig};
 use tar::{Builder, EntryType, Header};
-
-fn require_root() {
-    let uid = rustix::process::geteuid();
-    assert!(
-        uid.is_root(),
-        "unpack tests mount overlays: run as root (uid {})",
-        uid.as_raw()
-    );
-}
-
-fn tmp() -> tempfile::TempDir {
-    let base = std::env::var_os("LAMINA_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new()
-        .prefix("lamina-unpack-test-")
-        .tempdir_in(base)
-        .unwrap()
-}
 
 enum E<'a> {
     File(&'a str, &'a [u8]),
@@ -128,9 +111,9 @@ fn sequential(dir: &Path, layers: &[LayerSource]) -> PathBuf {
 
 #[test]
 fn parallel_unpack_equals_sequential_apply() {
-    require_root();
+    common::require_root("unpack tests mount overlays");
     for backend in [BackendKind::Overlayfs, BackendKind::Native] {
-        let t = tmp();
+        let t = common::tmp("lamina-unpack-test-");
         let layers = image(t.path());
         let reference = sequential(t.path(), &layers);
         let s = Snapshotter::open(StoreConfig::new(t.path().join("root"), backend)).unwrap();
@@ -179,8 +162,8 @@ fn parallel_unpack_equals_sequential_apply() {
 
 #[test]
 fn a_bad_layer_commits_nothing() {
-    require_root();
-    let t = tmp();
+    common::require_root("unpack tests mount overlays");
+    let t = common::tmp("lamina-unpack-test-");
     let mut layers = image(t.path());
     let s = Snapshotter::open(StoreConfig::new(
         t.path().join("root"),

@@ -96,6 +96,34 @@ fn digest_arg(what: &str, s: &str) -> Result<Option<Digest>, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("{what} {s:?} is not a sha256 digest")))
 }
 
+/// Streams the layer blob that `write` produces (on a blocking thread) as the response,
+/// its digests in the last message; an error ends the stream with its status.
+pub(crate) fn stream_layer(
+    write: impl FnOnce(&mut ChannelWriter) -> lamina_core::Result<lamina_core::layer::DiffReport>
+        + Send
+        + 'static,
+) -> Response<DiffStream> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter::new(tx.clone());
+        let last = match write(&mut writer) {
+            Ok(rep) => Ok(pb::DiffChunk {
+                data: Vec::new(),
+                info: Some(info(
+                    rep.digest,
+                    rep.diff_id,
+                    rep.size,
+                    rep.compressed_size,
+                    rep.entries,
+                )),
+            }),
+            Err(e) => Err(to_status(e)),
+        };
+        let _ = tx.blocking_send(last);
+    });
+    Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
 /// The compression a request names ("" = gzip).
 pub(crate) fn compression(name: &str) -> Result<Compression, Status> {
     match name {
@@ -197,27 +225,9 @@ impl Layers for LayerService {
     ) -> Result<Response<Self::DiffStream>, Status> {
         let r = req.into_inner();
         let compression = compression(&r.compression)?;
-        let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut writer = ChannelWriter::new(tx.clone());
-            let last = match store.diff(&r.key, compression, &mut writer) {
-                Ok(rep) => Ok(pb::DiffChunk {
-                    data: Vec::new(),
-                    info: Some(info(
-                        rep.digest,
-                        rep.diff_id,
-                        rep.size,
-                        rep.compressed_size,
-                        rep.entries,
-                    )),
-                }),
-                Err(e) => Err(to_status(e)),
-            };
-            let _ = tx.blocking_send(last);
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(stream_layer(move |out| {
+            store.diff(&r.key, compression, out)
+        }))
     }
 }

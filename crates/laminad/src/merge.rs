@@ -5,10 +5,9 @@ use std::sync::Arc;
 use lamina_core::{DiffSpec, MergeMethod, MergeReport, Snapshotter};
 use lamina_proto::lamina::v1 as pb;
 use lamina_proto::lamina::v1::merges_server::Merges;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::layers::{compression, info, ChannelWriter, DiffStream};
+use crate::layers::{compression, stream_layer, DiffStream};
 use crate::status::to_status;
 
 /// The merge service over a store.
@@ -90,27 +89,9 @@ impl Merges for MergeService {
     ) -> Result<Response<Self::ExportStream>, Status> {
         let r = req.into_inner();
         let compression = compression(&r.compression)?;
-        let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut writer = ChannelWriter::new(tx.clone());
-            let last = match store.export_diff(&r.lower, &r.upper, compression, &mut writer) {
-                Ok(rep) => Ok(pb::DiffChunk {
-                    data: Vec::new(),
-                    info: Some(info(
-                        rep.digest,
-                        rep.diff_id,
-                        rep.size,
-                        rep.compressed_size,
-                        rep.entries,
-                    )),
-                }),
-                Err(e) => Err(to_status(e)),
-            };
-            let _ = tx.blocking_send(last);
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(stream_layer(move |out| {
+            store.export_diff(&r.lower, &r.upper, compression, out)
+        }))
     }
 }

@@ -38,6 +38,31 @@ pub struct Resolved {
     pub bytes: Vec<u8>,
 }
 
+/// One HTTP request to a registry endpoint.
+pub(crate) struct Call<'a> {
+    pub method: reqwest::Method,
+    pub url: &'a str,
+    pub accept: &'a str,
+    /// A `Range` header value.
+    pub range: Option<&'a str>,
+    /// Body and its content type.
+    pub body: Option<(&'a bytes::Bytes, &'a str)>,
+}
+
+impl Call<'_> {
+    /// The method, for messages.
+    fn method_name(&self) -> &'static str {
+        match self.method.as_str() {
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "PUT" => "PUT",
+            "POST" => "POST",
+            "PATCH" => "PATCH",
+            _ => "request",
+        }
+    }
+}
+
 /// A blob download in progress.
 pub struct Blob {
     response: reqwest::Response,
@@ -59,8 +84,8 @@ impl Blob {
 /// One repository on one registry (all its endpoints).
 pub struct RegistryClient {
     /// The endpoints, mirrors first, each with the HTTP client of its TLS settings.
-    endpoints: Vec<(Endpoint, reqwest::Client)>,
-    repository: String,
+    pub(crate) endpoints: Vec<(Endpoint, reqwest::Client)>,
+    pub(crate) repository: String,
     credentials: Option<Credentials>,
     /// The Authorization header that last worked, per endpoint (by index), so one host's
     /// token never travels to another.
@@ -209,10 +234,15 @@ impl RegistryClient {
                 .filter(|(_, (e, _))| if by_tag { e.resolve } else { e.pull })
         {
             let url = format!("{}/{}/{}", ep.base, self.repository, path);
-            match self
-                .get_from(index, ep, client, &url, accept, range_from)
-                .await
-            {
+            let range = (range_from > 0).then(|| format!("bytes={range_from}-"));
+            let call = Call {
+                method: reqwest::Method::GET,
+                url: &url,
+                accept,
+                range: range.as_deref(),
+                body: None,
+            };
+            match self.send_to(index, ep, client, call).await {
                 Ok(r) => return Ok((r, url)),
                 // A mirror without the content: try the next endpoint.
                 Err(
@@ -231,24 +261,32 @@ impl RegistryClient {
         }))
     }
 
-    async fn get_from(
+    /// Sends `call` to endpoint `index`, answering one auth challenge; a status outside
+    /// 2xx is an error.
+    pub(crate) async fn send_to(
         &self,
         index: usize,
         ep: &Endpoint,
         client: &reqwest::Client,
-        url: &str,
-        accept: &str,
-        range_from: u64,
+        call: Call<'_>,
     ) -> Result<reqwest::Response> {
+        let url = call.url;
         // One retry, after answering the registry's auth challenge.
         let mut answered_challenge = false;
         loop {
-            let mut req = client.get(url).header("Accept", accept);
+            let mut req = client
+                .request(call.method.clone(), url)
+                .header("Accept", call.accept);
             for (k, v) in &ep.headers {
                 req = req.header(k.as_str(), v.as_str());
             }
-            if range_from > 0 {
-                req = req.header("Range", format!("bytes={range_from}-"));
+            if let Some(range) = call.range {
+                req = req.header("Range", range);
+            }
+            if let Some((body, content_type)) = &call.body {
+                req = req
+                    .header("Content-Type", *content_type)
+                    .body((*body).clone());
             }
             if let Some(a) = self.auth.lock().await.get(&index).cloned() {
                 req = req.header("Authorization", a);
@@ -301,7 +339,7 @@ impl RegistryClient {
             }
             if !(200..300).contains(&status) {
                 return Err(RegistryError::Status {
-                    method: "GET",
+                    method: call.method_name(),
                     url: url.to_owned(),
                     status,
                     body: Self::body_start(resp).await,
@@ -394,7 +432,11 @@ impl RegistryClient {
     }
 
     /// Reads a whole (small) response, refusing more than `limit` bytes.
-    async fn read_limited(mut resp: reqwest::Response, url: &str, limit: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn read_limited(
+        mut resp: reqwest::Response,
+        url: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         while let Some(chunk) = resp
             .chunk()

@@ -27,6 +27,8 @@ pub struct Endpoint {
     pub resolve: bool,
     /// May be asked for blobs and manifests by digest (`pull`).
     pub pull: bool,
+    /// May be sent blobs and manifests (`push`).
+    pub push: bool,
     /// Skip TLS certificate verification.
     pub skip_verify: bool,
     /// Extra request headers.
@@ -165,6 +167,7 @@ fn endpoint(path: &Path, url: &str, settings: HostSettings) -> Result<Endpoint> 
         base: base(url, settings.override_path.unwrap_or(false)),
         resolve: caps.iter().any(|x| x == "resolve"),
         pull: caps.iter().any(|x| x == "pull"),
+        push: caps.iter().any(|x| x == "push"),
         skip_verify: settings.skip_verify.unwrap_or(false),
         headers: headers(&settings.header),
         ca,
@@ -201,6 +204,7 @@ impl HostsConfig {
                 base: base(&default_server, false),
                 resolve: true,
                 pull: true,
+                push: true,
                 skip_verify: false,
                 headers: Vec::new(),
                 ca: Vec::new(),

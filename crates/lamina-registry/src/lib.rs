@@ -6,10 +6,12 @@
 mod auth;
 mod client;
 mod hosts;
+mod push;
 mod reference;
 
 pub use client::{Blob, Credentials, RegistryClient, Resolved};
 pub use hosts::{ClientCert, Endpoint, HostsConfig};
+pub use push::{fallback_tag, Pushed};
 pub use reference::Reference;
 
 /// Why a registry operation failed.

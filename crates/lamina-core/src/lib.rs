@@ -13,6 +13,7 @@ pub mod filter;
 pub mod fsutil;
 pub mod image;
 pub mod layer;
+pub mod lazy;
 pub mod lock;
 mod meta;
 pub mod model;

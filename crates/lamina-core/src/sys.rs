@@ -127,6 +127,35 @@ pub fn unmount(target: &Path) -> Result<()> {
     }
 }
 
+/// Mounts a read-only FUSE file system on `target` and returns the `/dev/fuse` session
+/// descriptor its server reads requests from. Lamina mounts it itself (rather than
+/// letting the FUSE library do it) so that every mount stays in this module, and so the
+/// descriptor can be handed to another process to keep serving the same mount.
+pub fn mount_fuse(target: &Path, source: &str) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let dev = Path::new("/dev/fuse");
+    let fd = rustix::fs::open(
+        dev,
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open", dev, e))?;
+    let data = std::ffi::CString::new(format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
+        fd.as_raw_fd()
+    ))
+    .expect("no NUL in mount options");
+    rustix::mount::mount(
+        source,
+        target,
+        "fuse.lamina",
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| io_err("mount fuse", target, e))?;
+    Ok(fd)
+}
+
 /// Unmounts `target` lazily: detaches it now, frees it when no longer busy.
 pub fn unmount_detach(target: &Path) -> Result<()> {
     rustix::mount::unmount(target, UnmountFlags::DETACH).map_err(|e| io_err("unmount", target, e))

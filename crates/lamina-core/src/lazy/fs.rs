@@ -1,0 +1,242 @@
+//! A read-only FUSE file system over a layer [`Tree`]: metadata from the tree, file
+//! bytes from a [`LayerData`] source (a registry read on demand, a local blob, a chunk
+//! cache). Mounted as an overlayfs lower directory, whiteouts and opaque markers work as
+//! they do in an unpacked layer.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
+};
+
+use super::tree::{Node, NodeKind, Tree};
+
+/// How long the kernel may keep what it was told: the tree never changes.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Where the bytes of a layer's regular files come from.
+pub trait LayerData: Send + Sync + 'static {
+    /// Reads bytes of file `data` (the handle its entry carries) from `offset` into `buf`;
+    /// fewer than asked only at the end of the file. Must give up with an error in bounded
+    /// time (a reader gets EIO), never block forever.
+    fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+/// The FUSE handlers of one lazy layer.
+pub struct LazyFs {
+    tree: Arc<Tree>,
+    data: Arc<dyn LayerData>,
+}
+
+impl LazyFs {
+    /// Serves `tree` with file bytes from `data`.
+    pub fn new(tree: Arc<Tree>, data: Arc<dyn LayerData>) -> Self {
+        LazyFs { tree, data }
+    }
+
+    fn attr(&self, ino: u64, n: &Node) -> FileAttr {
+        let mtime = if n.mtime.0 >= 0 {
+            UNIX_EPOCH + Duration::new(n.mtime.0 as u64, n.mtime.1.min(999_999_999))
+        } else {
+            UNIX_EPOCH
+        };
+        FileAttr {
+            ino,
+            size: n.size,
+            blocks: n.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: file_type(n.kind),
+            perm: (n.mode & 0o7777) as u16,
+            nlink: if n.kind == NodeKind::Dir {
+                2
+            } else {
+                n.nlink.max(1)
+            },
+            uid: n.uid,
+            gid: n.gid,
+            rdev: n.rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+fn file_type(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Char => FileType::CharDevice,
+        NodeKind::Block => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+/// Answers an xattr request of `size` with `value` (the size when `size` is 0).
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(libc::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+impl Filesystem for LazyFs {
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let found = self
+            .tree
+            .node(parent)
+            .and_then(|p| p.children.get(name))
+            .and_then(|&ino| self.tree.node(ino).map(|n| (ino, n)));
+        match found {
+            Some((ino, n)) => reply.entry(&TTL, &self.attr(ino, n), 0),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.tree.node(ino) {
+            Some(n) => reply.attr(&TTL, &self.attr(ino, n)),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.tree.node(ino).and_then(|n| n.link.as_ref()) {
+            Some(target) => reply.data(target.as_os_str().as_bytes()),
+            None => reply.error(libc::EINVAL),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(libc::EROFS);
+        }
+        match self.tree.node(ino) {
+            // The contents never change: let the kernel keep its page cache across opens.
+            Some(n) if n.kind == NodeKind::File => reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE),
+            Some(_) => reply.error(libc::EINVAL),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let Some(n) = self.tree.node(ino) else {
+            return reply.error(libc::ENOENT);
+        };
+        let (Some(data), Ok(offset)) = (n.data, u64::try_from(offset)) else {
+            return reply.error(libc::EINVAL);
+        };
+        if offset >= n.size {
+            return reply.data(&[]);
+        }
+        let want = (size as u64).min(n.size - offset) as usize;
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            match self
+                .data
+                .read(data, offset + filled as u64, &mut buf[filled..])
+            {
+                Ok(0) => break,
+                Ok(k) => filled += k,
+                Err(e) => {
+                    tracing::warn!(ino, offset, error = %e, "lazy read failed");
+                    return reply.error(libc::EIO);
+                }
+            }
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(dir) = self.tree.node(ino) else {
+            return reply.error(libc::ENOENT);
+        };
+        if dir.kind != NodeKind::Dir {
+            return reply.error(libc::ENOTDIR);
+        }
+        let dots = [
+            (ino, FileType::Directory, OsStr::new(".")),
+            (dir.parent, FileType::Directory, OsStr::new("..")),
+        ];
+        let children = dir.children.iter().filter_map(|(name, &child)| {
+            self.tree
+                .node(child)
+                .map(|n| (child, file_type(n.kind), name.as_os_str()))
+        });
+        for (i, (child, kind, name)) in dots
+            .into_iter()
+            .chain(children)
+            .enumerate()
+            .skip(offset.max(0) as usize)
+        {
+            // The offset handed back is where the next call resumes.
+            if reply.add(child, i as i64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let value = self
+            .tree
+            .node(ino)
+            .and_then(|n| n.xattrs.get(name.to_str().unwrap_or_default()));
+        match value {
+            Some(v) => xattr_reply(reply, size, v),
+            None => reply.error(libc::ENODATA),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let Some(n) = self.tree.node(ino) else {
+            return reply.error(libc::ENOENT);
+        };
+        let mut names = Vec::new();
+        for k in n.xattrs.keys() {
+            names.extend_from_slice(k.as_bytes());
+            names.push(0);
+        }
+        xattr_reply(reply, size, &names);
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let files = self.tree.len() as u64;
+        reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
+    }
+}

@@ -1,0 +1,63 @@
+//! Lazy layers: a layer's files served by a FUSE file system from its table of contents,
+//! their bytes read only when a process reads them, so a container can start before its
+//! image is downloaded. The mounted layer is an ordinary overlayfs lower directory.
+
+pub mod fs;
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use fs::{LayerData, LazyFs};
+pub use tree::{Entry, EntryKind, Node, NodeKind, Tree};
+
+use crate::error::{Error, Result};
+
+/// A lazy layer mounted on a directory, served by a thread of this process until dropped
+/// (which unmounts it).
+pub struct LazyMount {
+    target: PathBuf,
+    server: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl LazyMount {
+    /// Mounts `tree` on `target` (an existing directory), file bytes from `data`.
+    pub fn mount(tree: Arc<Tree>, data: Arc<dyn LayerData>, target: &Path) -> Result<LazyMount> {
+        let fd = crate::sys::mount_fuse(target, "lamina")?;
+        let mut session =
+            fuser::Session::from_fd(LazyFs::new(tree, data), fd, fuser::SessionACL::All);
+        let server = std::thread::Builder::new()
+            .name("lamina-fuse".into())
+            .spawn(move || session.run())
+            .map_err(|e| Error::io("start FUSE server for", target, e))?;
+        Ok(LazyMount {
+            target: target.to_path_buf(),
+            server: Some(server),
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for LazyMount {
+    fn drop(&mut self) {
+        match crate::sys::unmount(&self.target) {
+            // Unmounted: the kernel ends the session, and with it the server's loop.
+            Ok(()) => {
+                if let Some(server) = self.server.take() {
+                    let _ = server.join();
+                }
+            }
+            // Files still open: detach the mount; the server keeps answering their
+            // readers and ends when the last one closes.
+            Err(_) => {
+                if let Err(e) = crate::sys::unmount_detach(&self.target) {
+                    tracing::warn!(target = %self.target.display(), error = %e, "unmounting a lazy layer");
+                }
+            }
+        }
+    }
+}

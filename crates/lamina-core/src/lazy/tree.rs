@@ -1,0 +1,439 @@
+//! A layer's file tree, built from its table of contents the way an unpack would build
+//! it in an overlay upper directory: later entries replace earlier ones, hard links share
+//! an inode (which takes the link entry's metadata, as containerd applies it), `.wh.NAME`
+//! becomes a 0:0 character device and `.wh..wh..opq` the `trusted.overlay.opaque` xattr,
+//! so the mounted tree can be an overlayfs lower directory.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::layer::clean_path;
+
+/// The inode number of the root directory (FUSE's fixed root id).
+pub const ROOT: u64 = 1;
+
+/// What an entry of the table of contents is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file; its bytes come from the layer data.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (`link` is its target).
+    Symlink,
+    /// A hard link to the earlier entry named by `link`.
+    HardLink,
+    /// A character device (`rdev`).
+    Char,
+    /// A block device (`rdev`).
+    Block,
+    /// A named pipe.
+    Fifo,
+}
+
+/// One entry of a layer's table of contents, in tar order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The name in the layer (cleaned of `..` and leading `/` here).
+    pub path: PathBuf,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits, setuid/setgid/sticky included.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Bytes of a regular file.
+    pub size: u64,
+    /// Modification time: seconds and nanoseconds since the epoch.
+    pub mtime: (i64, u32),
+    /// Extended attributes.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Symlink target, or the path a hard link points at.
+    pub link: Option<PathBuf>,
+    /// Device number of a device node.
+    pub rdev: u64,
+    /// For a regular file: what the layer data source knows it by.
+    pub data: Option<u64>,
+}
+
+/// What a node of the tree is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A character device (a 0:0 one is an overlay whiteout).
+    Char,
+    /// A block device.
+    Block,
+    /// A named pipe.
+    Fifo,
+}
+
+/// One inode of the tree.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// What it is.
+    pub kind: NodeKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Bytes (regular files).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: (i64, u32),
+    /// Device number.
+    pub rdev: u64,
+    /// Symlink target.
+    pub link: Option<PathBuf>,
+    /// Extended attributes, by name.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Layer data handle of a regular file.
+    pub data: Option<u64>,
+    /// Names in a directory, sorted.
+    pub children: BTreeMap<OsString, u64>,
+    /// The directory a directory sits in (the root is its own).
+    pub parent: u64,
+    /// Names that point at it.
+    pub nlink: u32,
+}
+
+impl Node {
+    fn dir(parent: u64) -> Node {
+        Node {
+            kind: NodeKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: (0, 0),
+            rdev: 0,
+            link: None,
+            xattrs: BTreeMap::new(),
+            data: None,
+            children: BTreeMap::new(),
+            parent,
+            nlink: 1,
+        }
+    }
+}
+
+/// A layer's tree: inode `n` is `nodes[n - 1]`, inode [`ROOT`] the root.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Builds the tree of `entries` (tar order).
+    pub fn build(entries: &[Entry]) -> Tree {
+        let mut t = Tree {
+            nodes: vec![Node::dir(ROOT)],
+        };
+        for e in entries {
+            t.add(e);
+        }
+        t
+    }
+
+    /// The node of inode `ino`.
+    pub fn node(&self, ino: u64) -> Option<&Node> {
+        usize::try_from(ino)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| self.nodes.get(i))
+    }
+
+    /// Inodes in the tree (reachable or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the tree has only its root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    /// The inode at `path`, following no symlinks.
+    pub fn lookup_path(&self, path: &Path) -> Option<u64> {
+        let mut ino = ROOT;
+        for c in clean_path(path).components() {
+            ino = *self.node(ino)?.children.get(c.as_os_str())?;
+        }
+        Some(ino)
+    }
+
+    fn node_mut(&mut self, ino: u64) -> &mut Node {
+        &mut self.nodes[ino as usize - 1]
+    }
+
+    fn push(&mut self, node: Node) -> u64 {
+        self.nodes.push(node);
+        self.nodes.len() as u64
+    }
+
+    /// The directory at `dir` (components), made (0755, root) where missing or where
+    /// something else stands.
+    fn dir_at(&mut self, dir: &Path) -> u64 {
+        let mut ino = ROOT;
+        for c in dir.components() {
+            let name = c.as_os_str().to_owned();
+            let next = match self.node(ino).and_then(|n| n.children.get(&name)) {
+                Some(&child) if self.node(child).is_some_and(|n| n.kind == NodeKind::Dir) => child,
+                _ => {
+                    let child = self.push(Node::dir(ino));
+                    self.link(ino, name, child);
+                    child
+                }
+            };
+            ino = next;
+        }
+        ino
+    }
+
+    /// Whether `dir` or a directory above it is opaque.
+    fn opaque_above(&self, mut dir: u64) -> bool {
+        loop {
+            let Some(n) = self.node(dir) else {
+                return false;
+            };
+            if n.xattrs.contains_key("trusted.overlay.opaque") {
+                return true;
+            }
+            if dir == ROOT {
+                return false;
+            }
+            dir = n.parent;
+        }
+    }
+
+    /// Removes every whiteout in the tree below directory `dir`.
+    fn drop_whiteouts_below(&mut self, dir: u64) {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let children: Vec<(OsString, u64)> = self
+                .node(d)
+                .map(|n| n.children.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default();
+            for (name, child) in children {
+                match self.node(child).map(|n| (n.kind, n.rdev, n.parent)) {
+                    Some((NodeKind::Char, 0, _)) => {
+                        self.node_mut(d).children.remove(&name);
+                    }
+                    Some((NodeKind::Dir, _, p)) if p == d => stack.push(child),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Points `name` in directory `dir` at `ino`, dropping what was there.
+    fn link(&mut self, dir: u64, name: OsString, ino: u64) {
+        if let Some(old) = self.node_mut(dir).children.insert(name, ino) {
+            let n = self.node_mut(old);
+            n.nlink = n.nlink.saturating_sub(1);
+        }
+    }
+
+    fn add(&mut self, e: &Entry) {
+        let path = clean_path(&e.path);
+        let Some(name) = path.file_name().map(OsStr::to_owned) else {
+            // "./" itself: only a directory entry changes the root's attributes.
+            if e.kind == EntryKind::Dir {
+                let root = self.node_mut(ROOT);
+                set_meta(root, e);
+            }
+            return;
+        };
+        let parent = self.dir_at(path.parent().unwrap_or(Path::new("")));
+        let raw = name.as_bytes();
+        if raw == b".wh..wh..opq" {
+            // Hides the lower layers' contents, not this layer's: whiteouts this layer
+            // wrote below it are redundant now (and overlayfs would list them).
+            self.node_mut(parent)
+                .xattrs
+                .insert("trusted.overlay.opaque".into(), b"y".to_vec());
+            self.drop_whiteouts_below(parent);
+            return;
+        }
+        if let Some(hidden) = raw.strip_prefix(b".wh.") {
+            if hidden.starts_with(b".wh.") {
+                return; // aufs bookkeeping
+            }
+            if self.opaque_above(parent) {
+                // Already hidden by an opaque directory: drop only this layer's entry.
+                if let Some(old) = self
+                    .node_mut(parent)
+                    .children
+                    .remove(OsStr::from_bytes(hidden))
+                {
+                    let n = self.node_mut(old);
+                    n.nlink = n.nlink.saturating_sub(1);
+                }
+                return;
+            }
+            let mut wh = Node::dir(parent);
+            wh.kind = NodeKind::Char;
+            wh.mode = 0;
+            wh.mtime = e.mtime;
+            let ino = self.push(wh);
+            self.link(parent, OsStr::from_bytes(hidden).to_owned(), ino);
+            return;
+        }
+        match e.kind {
+            EntryKind::Dir => {
+                let existing = self
+                    .node(parent)
+                    .and_then(|p| p.children.get(&name).copied())
+                    .filter(|&c| self.node(c).is_some_and(|n| n.kind == NodeKind::Dir));
+                let over_whiteout = self
+                    .node(parent)
+                    .and_then(|p| p.children.get(&name))
+                    .and_then(|&c| self.node(c))
+                    .is_some_and(|n| n.kind == NodeKind::Char && n.rdev == 0);
+                let ino = match existing {
+                    Some(ino) => ino,
+                    None => {
+                        let ino = self.push(Node::dir(parent));
+                        self.link(parent, name, ino);
+                        ino
+                    }
+                };
+                set_meta(self.node_mut(ino), e);
+                if over_whiteout {
+                    // Deleted, then made again in this layer: nothing below shows through.
+                    self.node_mut(ino)
+                        .xattrs
+                        .insert("trusted.overlay.opaque".into(), b"y".to_vec());
+                }
+            }
+            EntryKind::HardLink => {
+                let target = e
+                    .link
+                    .as_deref()
+                    .and_then(|t| self.lookup_path(t))
+                    .filter(|&t| self.node(t).is_some_and(|n| n.kind != NodeKind::Dir));
+                // A link to nothing in this layer (or to a directory) is left out: such
+                // a layer is refused by the full unpack, which the caller falls back to.
+                if let Some(target) = target {
+                    self.link(parent, name, target);
+                    let n = self.node_mut(target);
+                    n.nlink += 1;
+                    set_meta(n, e);
+                }
+            }
+            kind => {
+                let mut node = Node::dir(parent);
+                node.kind = match kind {
+                    EntryKind::File => NodeKind::File,
+                    EntryKind::Symlink => NodeKind::Symlink,
+                    EntryKind::Char => NodeKind::Char,
+                    EntryKind::Block => NodeKind::Block,
+                    _ => NodeKind::Fifo,
+                };
+                node.size = if kind == EntryKind::File { e.size } else { 0 };
+                node.link = if kind == EntryKind::Symlink {
+                    e.link.clone()
+                } else {
+                    None
+                };
+                node.rdev = e.rdev;
+                node.data = e.data;
+                set_meta(&mut node, e);
+                let ino = self.push(node);
+                self.link(parent, name, ino);
+            }
+        }
+    }
+}
+
+/// Owner, mode, mtime and xattrs of `e` onto `n` (overlayfs' own xattrs are not the
+/// layer's to set).
+fn set_meta(n: &mut Node, e: &Entry) {
+    n.mode = e.mode & 0o7777;
+    n.uid = e.uid;
+    n.gid = e.gid;
+    n.mtime = e.mtime;
+    let opaque = n.xattrs.get("trusted.overlay.opaque").cloned();
+    n.xattrs = e
+        .xattrs
+        .iter()
+        .filter(|(k, _)| !k.starts_with("trusted.overlay."))
+        .cloned()
+        .collect();
+    if let Some(v) = opaque {
+        n.xattrs.insert("trusted.overlay.opaque".into(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            mtime: (5, 6),
+            xattrs: Vec::new(),
+            link: None,
+            rdev: 0,
+            data: Some(9),
+        }
+    }
+
+    #[test]
+    fn replacements_links_whiteouts_and_opaque_dirs() {
+        let mut link = e("a/l", EntryKind::HardLink);
+        link.link = Some("a/f".into());
+        link.mode = 0o600;
+        let t = Tree::build(&[
+            e("a/f", EntryKind::File),
+            link,
+            e("a/.wh.gone", EntryKind::File),
+            e("b/x", EntryKind::File),
+            e("b/.wh..wh..opq", EntryKind::File),
+            e("b/y", EntryKind::File),
+            e("../../c", EntryKind::File),
+            e("c", EntryKind::Dir),
+        ]);
+        let f = t.lookup_path(Path::new("a/f")).unwrap();
+        assert_eq!(t.lookup_path(Path::new("a/l")), Some(f));
+        let n = t.node(f).unwrap();
+        assert_eq!(
+            (n.nlink, n.mode),
+            (2, 0o600),
+            "the link entry's metadata wins"
+        );
+        let wh = t.node(t.lookup_path(Path::new("a/gone")).unwrap()).unwrap();
+        assert_eq!((wh.kind, wh.rdev), (NodeKind::Char, 0));
+        let b = t.node(t.lookup_path(Path::new("b")).unwrap()).unwrap();
+        assert_eq!(
+            b.xattrs.get("trusted.overlay.opaque").map(Vec::as_slice),
+            Some(&b"y"[..])
+        );
+        assert_eq!(
+            b.children.keys().collect::<Vec<_>>(),
+            ["x", "y"],
+            "an opaque marker hides lower layers, not this one"
+        );
+        let c = t.node(t.lookup_path(Path::new("c")).unwrap()).unwrap();
+        assert_eq!(c.kind, NodeKind::Dir, "a later directory replaces the file");
+        let a = t.node(t.lookup_path(Path::new("a")).unwrap()).unwrap();
+        assert_eq!((a.mode, a.uid), (0o755, 0), "implicit parents: 0755, root");
+    }
+}

@@ -1,0 +1,269 @@
+//! Lazy layers through a real FUSE mount: the mounted tree of a layer's table of contents
+//! equals the same layer unpacked (entry by entry, contents included), works as an
+//! overlayfs lower directory (whiteouts and opaque directories hide what is below), and
+//! a failing data source gives readers EIO instead of hanging.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lamina_core::fsutil::{manifest_differences, tree_manifest, EntryFacts};
+use lamina_core::layer::{apply_layer, ApplyOptions};
+use lamina_core::lazy::{Entry, EntryKind, LayerData, LazyMount, Tree};
+use lamina_core::Mount;
+use tar::{Builder, EntryType, Header};
+
+const WHY: &str = "lazy-layer tests mount FUSE and overlay file systems";
+
+fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(1000);
+    h.set_gid(1001);
+    h.set_mtime(1_700_000_000);
+    h
+}
+
+/// A layer with every kind of entry, whiteouts and an opaque directory.
+fn layer() -> Vec<u8> {
+    let mut b = Builder::new(Vec::new());
+    let dir = |b: &mut Builder<Vec<u8>>, p: &str, mode: u32| {
+        let mut h = header(EntryType::Directory, mode, 0);
+        b.append_data(&mut h, p, std::io::empty()).unwrap();
+    };
+    dir(&mut b, "etc/", 0o755);
+    dir(&mut b, "usr/", 0o755);
+    dir(&mut b, "usr/bin/", 0o755);
+    dir(&mut b, "opq/", 0o700);
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    for (p, data, mode) in [
+        ("etc/hosts", &b"127.0.0.1 localhost\n"[..], 0o644),
+        ("usr/bin/tool", &big[..], 0o4755),
+        ("opq/new", &b"new"[..], 0o600),
+        ("empty", &b""[..], 0o644),
+    ] {
+        let mut h = header(EntryType::Regular, mode, data.len() as u64);
+        b.append_data(&mut h, p, data).unwrap();
+    }
+    let mut h = header(EntryType::Symlink, 0o777, 0);
+    b.append_link(&mut h, "usr/bin/alias", "tool").unwrap();
+    let mut h = header(EntryType::Link, 0o755, 0);
+    b.append_link(&mut h, "usr/bin/again", "usr/bin/tool")
+        .unwrap();
+    let mut h = header(EntryType::Fifo, 0o644, 0);
+    b.append_data(&mut h, "etc/fifo", std::io::empty()).unwrap();
+    let mut h = header(EntryType::Char, 0o666, 0);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    b.append_data(&mut h, "etc/null", std::io::empty()).unwrap();
+    for wh in ["etc/.wh.shadow", "opq/.wh..wh..opq"] {
+        let mut h = header(EntryType::Regular, 0o644, 0);
+        b.append_data(&mut h, wh, std::io::empty()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// The table of contents of a plain tar, and its files' bytes (handle = index).
+fn toc(tar: &[u8]) -> (Vec<Entry>, Vec<Vec<u8>>) {
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    let mut archive = tar::Archive::new(tar);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let h = e.header().clone();
+        let kind = match h.entry_type() {
+            EntryType::Directory => EntryKind::Dir,
+            EntryType::Symlink => EntryKind::Symlink,
+            EntryType::Link => EntryKind::HardLink,
+            EntryType::Char => EntryKind::Char,
+            EntryType::Block => EntryKind::Block,
+            EntryType::Fifo => EntryKind::Fifo,
+            _ => EntryKind::File,
+        };
+        let mut bytes = Vec::new();
+        e.read_to_end(&mut bytes).unwrap();
+        let handle = (kind == EntryKind::File).then(|| {
+            data.push(bytes.clone());
+            data.len() as u64 - 1
+        });
+        let rdev = match kind {
+            EntryKind::Char | EntryKind::Block => rustix::fs::makedev(
+                h.device_major().unwrap().unwrap_or(0),
+                h.device_minor().unwrap().unwrap_or(0),
+            ),
+            _ => 0,
+        };
+        entries.push(Entry {
+            path: e.path().unwrap().into_owned(),
+            kind,
+            mode: h.mode().unwrap(),
+            uid: h.uid().unwrap() as u32,
+            gid: h.gid().unwrap() as u32,
+            size: bytes.len() as u64,
+            mtime: (h.mtime().unwrap() as i64, 0),
+            xattrs: Vec::new(),
+            link: e.link_name().unwrap().map(|l| l.into_owned()),
+            rdev,
+            data: handle,
+        });
+    }
+    (entries, data)
+}
+
+/// Files' bytes from memory, counting reads; fails every read when `broken`.
+struct Memory {
+    files: Vec<Vec<u8>>,
+    reads: AtomicU64,
+    broken: bool,
+}
+
+impl LayerData for Memory {
+    fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if self.broken {
+            return Err(std::io::Error::other("registry unreachable"));
+        }
+        let f = &self.files[data as usize];
+        let start = (offset as usize).min(f.len());
+        let n = buf.len().min(f.len() - start);
+        buf[..n].copy_from_slice(&f[start..start + n]);
+        Ok(n)
+    }
+}
+
+fn manifest(dir: &Path) -> BTreeMap<PathBuf, EntryFacts> {
+    let mut m = tree_manifest(dir).unwrap();
+    m.remove(Path::new("")); // the mount point's own root attributes differ
+    m
+}
+
+fn same(a: &BTreeMap<PathBuf, EntryFacts>, b: &BTreeMap<PathBuf, EntryFacts>, what: &str) {
+    let d = manifest_differences(a, b);
+    assert!(
+        d.is_empty(),
+        "{what}: {} differences:\n{}",
+        d.len(),
+        d.join("\n")
+    );
+}
+
+fn overlay(lowers: &[&Path], target: &Path) {
+    let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let m = Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: vec![
+            "ro".into(),
+            "index=off".into(),
+            format!("lowerdir={}", lowerdir.join(":")),
+        ],
+    };
+    lamina_core::sys::mount_all(&[m], target).unwrap();
+}
+
+#[test]
+fn a_lazy_layer_equals_its_unpack_alone_and_under_an_overlay() {
+    common::require_root(WHY);
+    let t = common::tmp("lamina-lazy-test-");
+    let tar = layer();
+    let (entries, files) = toc(&tar);
+    let data = Arc::new(Memory {
+        files,
+        reads: AtomicU64::new(0),
+        broken: false,
+    });
+    let mnt = t.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let lazy = LazyMount::mount(Arc::new(Tree::build(&entries)), data.clone(), &mnt).unwrap();
+    // Nothing is read until a file is.
+    let listing = manifest(&mnt);
+    let unpacked = t.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    apply_layer(&tar[..], &unpacked, &ApplyOptions::default()).unwrap();
+    same(
+        &listing,
+        &manifest(&unpacked),
+        "lazy layer vs unpacked layer",
+    );
+    assert!(
+        data.reads.load(Ordering::Relaxed) > 0,
+        "contents were read for hashing"
+    );
+    let opaque =
+        lamina_core::sys::get_xattr(&mnt.join("opq"), &"trusted.overlay.opaque".into()).unwrap();
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
+    // Random reads of the big file.
+    let tool = std::fs::read(unpacked.join("usr/bin/tool")).unwrap();
+    let f = std::fs::File::open(mnt.join("usr/bin/tool")).unwrap();
+    for (offset, len) in [(0u64, 10usize), (131_071, 5000), (299_990, 100)] {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, offset).unwrap();
+        let end = (offset as usize + len).min(tool.len());
+        assert_eq!(&buf[..n], &tool[offset as usize..end]);
+    }
+    drop(f);
+    assert!(
+        std::fs::write(mnt.join("etc/hosts"), b"x").is_err(),
+        "read-only"
+    );
+
+    // As the upper layer of an overlay: its whiteout and opaque dir hide the lower one's.
+    let base = t.path().join("base");
+    for (p, c) in [
+        ("etc/shadow", "secret"),
+        ("etc/keep", "k"),
+        ("opq/old", "o"),
+    ] {
+        std::fs::create_dir_all(base.join(p).parent().unwrap()).unwrap();
+        std::fs::write(base.join(p), c).unwrap();
+    }
+    let (via_lazy, via_unpack) = (t.path().join("ov-lazy"), t.path().join("ov-unpacked"));
+    for d in [&via_lazy, &via_unpack] {
+        std::fs::create_dir(d).unwrap();
+    }
+    overlay(&[&mnt, &base], &via_lazy);
+    overlay(&[&unpacked, &base], &via_unpack);
+    let (a, b) = (manifest(&via_lazy), manifest(&via_unpack));
+    lamina_core::sys::unmount(&via_lazy).unwrap();
+    lamina_core::sys::unmount(&via_unpack).unwrap();
+    same(&a, &b, "overlay on the lazy layer vs on the unpacked layer");
+    assert!(!a.contains_key(Path::new("etc/shadow")) && a.contains_key(Path::new("etc/keep")));
+    assert!(!a.contains_key(Path::new("opq/old")) && a.contains_key(Path::new("opq/new")));
+    drop(lazy);
+    assert!(
+        !lamina_core::sys::mount_points_under(t.path())
+            .unwrap()
+            .iter()
+            .any(|m| m == &mnt),
+        "unmounted on drop"
+    );
+}
+
+#[test]
+fn a_failing_data_source_gives_readers_eio() {
+    common::require_root(WHY);
+    let t = common::tmp("lamina-lazy-test-");
+    let (entries, files) = toc(&layer());
+    let data = Arc::new(Memory {
+        files,
+        reads: AtomicU64::new(0),
+        broken: true,
+    });
+    let mnt = t.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let _lazy = LazyMount::mount(Arc::new(Tree::build(&entries)), data, &mnt).unwrap();
+    // Metadata needs no data source; contents do.
+    assert_eq!(
+        std::fs::metadata(mnt.join("usr/bin/tool")).unwrap().len(),
+        300_000
+    );
+    let err = std::fs::read(mnt.join("etc/hosts")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}

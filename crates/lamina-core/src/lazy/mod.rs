@@ -2,12 +2,14 @@
 //! their bytes read only when a process reads them, so a container can start before its
 //! image is downloaded. The mounted layer is an ordinary overlayfs lower directory.
 
+pub mod cache;
 pub mod fs;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use cache::{ChunkCache, StreamSource};
 pub use fs::{LayerData, LazyFs};
 pub use tree::{Entry, EntryKind, Node, NodeKind, Tree};
 

@@ -1,0 +1,288 @@
+//! The on-disk chunk cache of a lazy layer: the layer's uncompressed tar stream kept in a
+//! sparse file, filled chunk by chunk as files are read (and by the background fetch),
+//! with a bitmap of the chunks present that survives a restart. A chunk is written and
+//! synced before the bitmap says so, so the bitmap never claims bytes the disk lacks.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::fs::LayerData;
+
+/// Reads of a layer's uncompressed tar stream at any offset: what a seekable index over
+/// the compressed blob in a registry (or a local file) provides.
+pub trait StreamSource: Send + Sync + 'static {
+    /// Bytes of the stream from `offset` into `buf`; fewer only at its end.
+    fn read_stream(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+/// Bitmap file header: magic, then the chunk size and the stream length it describes.
+const MAGIC: &[u8; 8] = b"LMCHUNK1";
+
+struct State {
+    present: Vec<u64>,
+    /// Chunks being fetched right now (others wait for them instead of fetching again).
+    fetching: HashSet<u64>,
+}
+
+/// A layer's stream, cached on disk chunk by chunk.
+pub struct ChunkCache {
+    data: File,
+    bitmap_path: PathBuf,
+    chunk: u64,
+    len: u64,
+    source: Arc<dyn StreamSource>,
+    state: Mutex<State>,
+    fetched: Condvar,
+}
+
+impl ChunkCache {
+    /// Opens (or creates) the cache in directory `dir` for a stream of `len` bytes read in
+    /// chunks of `chunk` bytes from `source`. A bitmap written for another chunk size or
+    /// length is discarded (the cache starts empty).
+    pub fn open(
+        dir: &Path,
+        source: Arc<dyn StreamSource>,
+        len: u64,
+        chunk: u64,
+    ) -> std::io::Result<ChunkCache> {
+        let chunk = chunk.max(4096);
+        std::fs::create_dir_all(dir)?;
+        let data = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("stream"))?;
+        data.set_len(len)?;
+        let chunks = len.div_ceil(chunk);
+        let words = chunks.div_ceil(64) as usize;
+        let bitmap_path = dir.join("present");
+        let mut present = vec![0u64; words];
+        if let Ok(bytes) = std::fs::read(&bitmap_path) {
+            let header_ok = bytes.len() == 24 + words * 8
+                && &bytes[..8] == MAGIC
+                && bytes[8..16] == chunk.to_le_bytes()
+                && bytes[16..24] == len.to_le_bytes();
+            if header_ok {
+                for (w, b) in present.iter_mut().zip(bytes[24..].chunks_exact(8)) {
+                    *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                }
+            }
+        }
+        Ok(ChunkCache {
+            data,
+            bitmap_path,
+            chunk,
+            len,
+            source,
+            state: Mutex::new(State {
+                present,
+                fetching: HashSet::new(),
+            }),
+            fetched: Condvar::new(),
+        })
+    }
+
+    /// Bytes of the stream.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the stream is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Chunks present and in all.
+    pub fn progress(&self) -> (u64, u64) {
+        let st = self.lock();
+        let have = st.present.iter().map(|w| w.count_ones() as u64).sum();
+        (have, self.len.div_ceil(self.chunk))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is a bitmap and a set: a panic elsewhere cannot tear them.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn has(st: &State, c: u64) -> bool {
+        st.present[(c / 64) as usize] & (1 << (c % 64)) != 0
+    }
+
+    /// Makes chunk `c` present, fetching it unless another reader is doing so.
+    fn ensure(&self, c: u64) -> std::io::Result<()> {
+        let mut st = self.lock();
+        loop {
+            if Self::has(&st, c) {
+                return Ok(());
+            }
+            if st.fetching.insert(c) {
+                break;
+            }
+            st = self.fetched.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(st);
+        let result = self.fetch(c);
+        let mut st = self.lock();
+        st.fetching.remove(&c);
+        if result.is_ok() {
+            st.present[(c / 64) as usize] |= 1 << (c % 64);
+            let persisted = self.persist(&st);
+            self.fetched.notify_all();
+            return persisted;
+        }
+        self.fetched.notify_all();
+        result
+    }
+
+    /// Reads chunk `c` from the source into the cache file and syncs it.
+    fn fetch(&self, c: u64) -> std::io::Result<()> {
+        let start = c * self.chunk;
+        let want = self.chunk.min(self.len - start) as usize;
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            match self
+                .source
+                .read_stream(start + filled as u64, &mut buf[filled..])?
+            {
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "layer stream ended at {} of {}",
+                            start + filled as u64,
+                            self.len
+                        ),
+                    ))
+                }
+                n => filled += n,
+            }
+        }
+        self.data.write_all_at(&buf, start)?;
+        self.data.sync_data()
+    }
+
+    /// Writes the bitmap (atomically: a new file renamed over the old one).
+    fn persist(&self, st: &State) -> std::io::Result<()> {
+        let tmp = self.bitmap_path.with_extension("new");
+        let mut f = File::create(&tmp)?;
+        let mut bytes = Vec::with_capacity(24 + st.present.len() * 8);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&self.chunk.to_le_bytes());
+        bytes.extend_from_slice(&self.len.to_le_bytes());
+        for w in &st.present {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        f.write_all(&bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &self.bitmap_path)
+    }
+
+    /// Reads stream bytes at `offset` into `buf`, fetching the chunks they lie in first.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        if offset >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.len - offset) as usize;
+        for c in offset / self.chunk..=(offset + n as u64 - 1) / self.chunk {
+            self.ensure(c)?;
+        }
+        self.data.read_exact_at(&mut buf[..n], offset)?;
+        Ok(n)
+    }
+
+    /// Fetches every chunk still missing, in order, until done or `stop` is set: the
+    /// background fetch that completes a layer after its container started.
+    pub fn fill(&self, stop: &AtomicBool) -> std::io::Result<()> {
+        for c in 0..self.len.div_ceil(self.chunk) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            self.ensure(c)?;
+        }
+        Ok(())
+    }
+}
+
+/// A file's data handle is where its bytes start in the layer stream.
+impl LayerData for ChunkCache {
+    fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read_at(data.saturating_add(offset), buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    struct Source {
+        bytes: Vec<u8>,
+        reads: AtomicU64,
+        broken: AtomicBool,
+    }
+
+    impl StreamSource for Source {
+        fn read_stream(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("registry down"));
+            }
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let start = (offset as usize).min(self.bytes.len());
+            let n = buf.len().min(self.bytes.len() - start);
+            buf[..n].copy_from_slice(&self.bytes[start..start + n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn reads_fetch_once_survive_reopen_fail_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let src = Arc::new(Source {
+            bytes: bytes.clone(),
+            reads: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        });
+        let len = bytes.len() as u64;
+        let cache = ChunkCache::open(dir.path(), src.clone(), len, 8192).unwrap();
+        let mut buf = vec![0u8; 10_000];
+        assert_eq!(cache.read_at(20_000, &mut buf).unwrap(), 10_000);
+        assert_eq!(&buf[..], &bytes[20_000..30_000]);
+        let fetched = src.reads.load(Ordering::Relaxed);
+        assert_eq!(cache.progress().0, 2, "only the chunks the read needed");
+        cache.read_at(21_000, &mut buf[..100]).unwrap();
+        assert_eq!(
+            src.reads.load(Ordering::Relaxed),
+            fetched,
+            "served from the cache"
+        );
+        drop(cache);
+
+        // Reopened (a restart): what was fetched is still there; a broken source fails
+        // reads of other chunks, which work again once it is back.
+        let cache = ChunkCache::open(dir.path(), src.clone(), len, 8192).unwrap();
+        assert_eq!(cache.progress().0, 2);
+        src.broken.store(true, Ordering::Relaxed);
+        cache.read_at(21_000, &mut buf[..100]).unwrap();
+        assert!(cache.read_at(90_000, &mut buf[..100]).is_err());
+        src.broken.store(false, Ordering::Relaxed);
+        let n = cache.read_at(99_990, &mut buf).unwrap();
+        assert_eq!(&buf[..n], &bytes[99_990..]);
+        cache.fill(&AtomicBool::new(false)).unwrap();
+        assert_eq!(cache.progress(), (13, 13));
+        let mut all = vec![0u8; bytes.len()];
+        cache.read_at(0, &mut all).unwrap();
+        assert_eq!(all, bytes);
+        // Another chunk size: the old bitmap is not trusted.
+        drop(cache);
+        let cache = ChunkCache::open(dir.path(), src, len, 16384).unwrap();
+        assert_eq!(cache.progress().0, 0);
+    }
+}

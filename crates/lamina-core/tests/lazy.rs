@@ -267,3 +267,57 @@ fn a_failing_data_source_gives_readers_eio() {
     let err = std::fs::read(mnt.join("etc/hosts")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 }
+
+/// A source whose first file's bytes wait until released.
+struct Gated {
+    files: Vec<Vec<u8>>,
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl LayerData for Gated {
+    fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        if data == 0 {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cv.wait(open).unwrap();
+            }
+        }
+        let f = &self.files[data as usize];
+        let start = (offset as usize).min(f.len());
+        let n = buf.len().min(f.len() - start);
+        buf[..n].copy_from_slice(&f[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// A read waiting on the network holds up neither lookups nor other files' reads.
+#[test]
+fn a_slow_read_does_not_stall_the_rest_of_the_layer() {
+    common::require_root(WHY);
+    let t = common::tmp("lamina-lazy-test-");
+    let (entries, files) = toc(&layer());
+    let data = Arc::new(Gated {
+        files,
+        open: std::sync::Mutex::new(false),
+        cv: std::sync::Condvar::new(),
+    });
+    let mnt = t.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let lazy = LazyMount::mount(Arc::new(Tree::build(&entries)), data.clone(), &mnt).unwrap();
+    let slow_path = mnt.join("etc/hosts");
+    let slow = std::thread::spawn(move || std::fs::read(slow_path).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(200)); // let it block in the source
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = mnt.join("usr/bin/tool");
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(other).map(|b| b.len()));
+    });
+    // A deadlock guard, not a performance bound: a single-threaded server never answers.
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30));
+    *data.open.lock().unwrap() = true;
+    data.cv.notify_all();
+    assert_eq!(got.expect("read of another file stalled").unwrap(), 300_000);
+    assert_eq!(slow.join().unwrap(), b"127.0.0.1 localhost\n");
+    drop(lazy);
+}

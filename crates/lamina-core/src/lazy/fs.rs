@@ -26,16 +26,46 @@ pub trait LayerData: Send + Sync + 'static {
     fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
 }
 
+/// Threads answering reads: a read may wait on the network, and must not hold up
+/// lookups and other reads behind it on the session's one request loop.
+const READERS: usize = 8;
+
+/// A read handed to a worker.
+struct ReadJob {
+    data: u64,
+    offset: u64,
+    len: usize,
+    reply: ReplyData,
+}
+
 /// The FUSE handlers of one lazy layer.
 pub struct LazyFs {
     tree: Arc<Tree>,
-    data: Arc<dyn LayerData>,
+    jobs: std::sync::mpsc::SyncSender<ReadJob>,
 }
 
 impl LazyFs {
-    /// Serves `tree` with file bytes from `data`.
+    /// Serves `tree` with file bytes from `data`, read by a pool of worker threads that
+    /// ends when the file system is dropped.
     pub fn new(tree: Arc<Tree>, data: Arc<dyn LayerData>) -> Self {
-        LazyFs { tree, data }
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<ReadJob>(READERS * 4);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for _ in 0..READERS {
+            let (queue, data) = (queue.clone(), data.clone());
+            let spawned = std::thread::Builder::new()
+                .name("lamina-fuse-read".into())
+                .spawn(move || loop {
+                    let job = match queue.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return, // the file system is gone
+                    };
+                    serve_read(&*data, job);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start a FUSE read thread");
+            }
+        }
+        LazyFs { tree, jobs }
     }
 
     fn attr(&self, ino: u64, n: &Node) -> FileAttr {
@@ -77,6 +107,24 @@ fn file_type(k: NodeKind) -> FileType {
         NodeKind::Block => FileType::BlockDevice,
         NodeKind::Fifo => FileType::NamedPipe,
     }
+}
+
+/// Reads `job.len` bytes of file `job.data` and answers the kernel; EIO if the source
+/// fails (it gives up in bounded time).
+fn serve_read(data: &dyn LayerData, job: ReadJob) {
+    let mut buf = vec![0u8; job.len];
+    let mut filled = 0;
+    while filled < job.len {
+        match data.read(job.data, job.offset + filled as u64, &mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) => {
+                tracing::warn!(file = job.data, offset = job.offset, error = %e, "lazy read failed");
+                return job.reply.error(libc::EIO);
+            }
+        }
+    }
+    job.reply.data(&buf[..filled]);
 }
 
 /// Answers an xattr request of `size` with `value` (the size when `size` is 0).
@@ -149,23 +197,16 @@ impl Filesystem for LazyFs {
         if offset >= n.size {
             return reply.data(&[]);
         }
-        let want = (size as u64).min(n.size - offset) as usize;
-        let mut buf = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            match self
-                .data
-                .read(data, offset + filled as u64, &mut buf[filled..])
-            {
-                Ok(0) => break,
-                Ok(k) => filled += k,
-                Err(e) => {
-                    tracing::warn!(ino, offset, error = %e, "lazy read failed");
-                    return reply.error(libc::EIO);
-                }
-            }
+        let len = (size as u64).min(n.size - offset) as usize;
+        let job = ReadJob {
+            data,
+            offset,
+            len,
+            reply,
+        };
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
+            job.reply.error(libc::EIO); // no reader thread left
         }
-        reply.data(&buf[..filled]);
     }
 
     fn readdir(

@@ -33,6 +33,8 @@ die() { echo "test.sh: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root: the tests mount filesystems and run containerd"
 [ -n "$SHARED" ] && [ -d "$SHARED/conformance" ] || die "shared/ not found beside the clone (set SHARED=)"
 bash "$HERE/scripts/deps.sh" || die "installing dependencies failed"
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -e /dev/fuse ] || die "/dev/fuse is missing (no FUSE in this kernel?): the lazy-layer tests need it"
 
 # --- a fresh ext4 for everything the tests write ----------------------------------
 mkdir -p "$STATE"

@@ -12,6 +12,7 @@ pub mod error;
 pub mod filter;
 pub mod fsutil;
 pub mod image;
+pub mod index;
 pub mod layer;
 pub mod lazy;
 pub mod lock;

@@ -41,7 +41,16 @@ fn layer() -> Vec<u8> {
     dir(&mut b, "usr/", 0o755);
     dir(&mut b, "usr/bin/", 0o755);
     dir(&mut b, "opq/", 0o700);
-    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    // Pseudo-random, so gzip makes many deflate blocks (checkpoints sit between them).
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect();
     for (p, data, mode) in [
         ("etc/hosts", &b"127.0.0.1 localhost\n"[..], 0o644),
         ("usr/bin/tool", &big[..], 0o4755),
@@ -320,4 +329,60 @@ fn a_slow_read_does_not_stall_the_rest_of_the_layer() {
     assert_eq!(got.expect("read of another file stalled").unwrap(), 300_000);
     assert_eq!(slow.join().unwrap(), b"127.0.0.1 localhost\n");
     drop(lazy);
+}
+
+/// The whole lazy stack from a compressed blob: its seekable index (gzip checkpoints),
+/// the tree from the index, the chunk cache filled through the index from the blob, the
+/// FUSE mount: equal to the unpack, and after a remount (a restart) served from the cache.
+#[test]
+fn a_gzip_layer_served_through_its_index_equals_its_unpack() {
+    use lamina_core::index::{build_index, BuildOptions, IndexedLayer};
+    use lamina_core::lazy::{indexed, ChunkCache, IndexedStream};
+    common::require_root(WHY);
+    let t = common::tmp("lamina-lazy-test-");
+    let tar = layer();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let blob_path = t.path().join("blob.gz");
+    std::fs::write(&blob_path, gz.finish().unwrap()).unwrap();
+    let opts = BuildOptions {
+        span: 64 << 10,
+        ..BuildOptions::default()
+    };
+    let index = build_index(std::fs::File::open(&blob_path).unwrap(), &opts).unwrap();
+    assert!(
+        index.checkpoints.len() > 2,
+        "{} checkpoints",
+        index.checkpoints.len()
+    );
+    let entries = indexed::entries(&index).unwrap();
+    let len = index.uncompressed_size;
+    let unpacked = t.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    apply_layer(&tar[..], &unpacked, &ApplyOptions::default()).unwrap();
+    let expected = manifest(&unpacked);
+    let tree = Arc::new(Tree::build(&entries));
+    let mnt = t.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut fetched = 0;
+    for round in 0..2 {
+        let stream = IndexedStream::new(
+            IndexedLayer::new(index.clone()).unwrap(),
+            std::fs::File::open(&blob_path).unwrap(),
+        );
+        let cache = Arc::new(
+            ChunkCache::open(&t.path().join("cache"), Arc::new(stream), len, 32 << 10).unwrap(),
+        );
+        if round == 1 {
+            assert_eq!(cache.progress().0, fetched, "the cache outlived the mount");
+        }
+        let lazy = LazyMount::mount(tree.clone(), cache.clone(), &mnt).unwrap();
+        same(
+            &manifest(&mnt),
+            &expected,
+            &format!("indexed lazy layer (round {round})"),
+        );
+        fetched = cache.progress().0;
+        drop(lazy);
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod fs;
+pub mod indexed;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 pub use cache::{ChunkCache, StreamSource};
 pub use fs::{LayerData, LazyFs};
+pub use indexed::{IndexedStream, NotLazy};
 pub use tree::{Entry, EntryKind, Node, NodeKind, Tree};
 
 use crate::error::{Error, Result};

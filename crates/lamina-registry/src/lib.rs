@@ -4,11 +4,13 @@
 //! platform choice, and blob downloads.
 
 mod auth;
+mod blocking;
 mod client;
 mod hosts;
 mod push;
 mod reference;
 
+pub use blocking::{BlockingBlob, RetryPolicy};
 pub use client::{Blob, Credentials, RegistryClient, Resolved};
 pub use hosts::{ClientCert, Endpoint, HostsConfig};
 pub use push::{fallback_tag, Pushed};

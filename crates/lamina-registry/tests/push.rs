@@ -2,69 +2,12 @@
 //! blobs, an image manifest, artifacts that refer to it (docker-registry 2.8 has no
 //! referrers API, so through the `sha256-<hex>` fallback index), and range reads.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
 use bytes::Bytes;
+use common::start_registry;
 use lamina_registry::{fallback_tag, HostsConfig, Reference, RegistryClient, RegistryError};
 use oci_spec::image::{Descriptor, DescriptorBuilder, ImageManifestBuilder, MediaType};
-
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_registry() -> Registry {
-    let bin = "/usr/bin/docker-registry";
-    assert!(
-        std::path::Path::new(bin).exists(),
-        "{bin} is missing: install Debian's docker-registry (scripts/deps.sh does)"
-    );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    // Owned by the guard at once, so it is killed and reaped whatever happens next.
-    let reg = Registry {
-        child: Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        addr,
-        _dir: dir,
-    };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(&reg.addr).is_ok() {
-            return reg;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("docker-registry did not come up on {}", reg.addr);
-}
 
 fn sha256(data: &[u8]) -> String {
     use sha2::Digest as _;
@@ -82,7 +25,7 @@ fn descriptor(media_type: MediaType, data: &[u8]) -> Descriptor {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn blobs_manifests_referrers_and_ranges() {
-    let reg = start_registry();
+    let (reg, _storage) = start_registry();
     let reference = Reference::parse(&format!("{}/lamina/app:1", reg.addr)).unwrap();
     let client = RegistryClient::new(&reference, &HostsConfig::default(), false, None).unwrap();
 

@@ -6,14 +6,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lamina_core::fsutil::{manifest_differences, tree_manifest, EntryFacts};
+use lamina_core::index::{build_index, BuildOptions, TocEntry};
 use lamina_core::layer::{apply_layer, ApplyOptions};
-use lamina_core::lazy::{Entry, EntryKind, LayerData, LazyMount, Tree};
+use lamina_core::lazy::{LayerData, LazyMount, Tree};
 use lamina_core::Mount;
 use tar::{Builder, EntryType, Header};
 
@@ -78,58 +78,25 @@ fn layer() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// The table of contents of a plain tar, and its files' bytes (handle = index).
-fn toc(tar: &[u8]) -> (Vec<Entry>, Vec<Vec<u8>>) {
-    let mut entries = Vec::new();
-    let mut data = Vec::new();
-    let mut archive = tar::Archive::new(tar);
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        let h = e.header().clone();
-        let kind = match h.entry_type() {
-            EntryType::Directory => EntryKind::Dir,
-            EntryType::Symlink => EntryKind::Symlink,
-            EntryType::Link => EntryKind::HardLink,
-            EntryType::Char => EntryKind::Char,
-            EntryType::Block => EntryKind::Block,
-            EntryType::Fifo => EntryKind::Fifo,
-            _ => EntryKind::File,
-        };
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        let handle = (kind == EntryKind::File).then(|| {
-            data.push(bytes.clone());
-            data.len() as u64 - 1
-        });
-        let rdev = match kind {
-            EntryKind::Char | EntryKind::Block => rustix::fs::makedev(
-                h.device_major().unwrap().unwrap_or(0),
-                h.device_minor().unwrap().unwrap_or(0),
-            ),
-            _ => 0,
-        };
-        entries.push(Entry {
-            path: e.path().unwrap().into_owned(),
-            kind,
-            mode: h.mode().unwrap(),
-            uid: h.uid().unwrap() as u32,
-            gid: h.gid().unwrap() as u32,
-            size: bytes.len() as u64,
-            mtime: (h.mtime().unwrap() as i64, 0),
-            xattrs: Vec::new(),
-            link: e.link_name().unwrap().map(|l| l.into_owned()),
-            rdev,
-            data: handle,
-        });
-    }
-    (entries, data)
+/// The table of contents of a plain tar, from its index: a file's data handle is where
+/// its bytes start in the tar.
+fn toc(tar: &[u8]) -> Vec<TocEntry> {
+    build_index(tar, &BuildOptions::default()).unwrap().entries
 }
 
-/// Files' bytes from memory, counting reads; fails every read when `broken`.
+/// The layer stream from memory, counting reads; fails every read when `broken`.
 struct Memory {
-    files: Vec<Vec<u8>>,
+    tar: Vec<u8>,
     reads: AtomicU64,
     broken: bool,
+}
+
+/// Bytes of `tar` from stream offset `data + offset`.
+fn stream_read(tar: &[u8], data: u64, offset: u64, buf: &mut [u8]) -> usize {
+    let start = ((data + offset) as usize).min(tar.len());
+    let n = buf.len().min(tar.len() - start);
+    buf[..n].copy_from_slice(&tar[start..start + n]);
+    n
 }
 
 impl LayerData for Memory {
@@ -138,11 +105,7 @@ impl LayerData for Memory {
         if self.broken {
             return Err(std::io::Error::other("registry unreachable"));
         }
-        let f = &self.files[data as usize];
-        let start = (offset as usize).min(f.len());
-        let n = buf.len().min(f.len() - start);
-        buf[..n].copy_from_slice(&f[start..start + n]);
-        Ok(n)
+        Ok(stream_read(&self.tar, data, offset, buf))
     }
 }
 
@@ -181,9 +144,9 @@ fn a_lazy_layer_equals_its_unpack_alone_and_under_an_overlay() {
     common::require_root(WHY);
     let t = common::tmp("lamina-lazy-test-");
     let tar = layer();
-    let (entries, files) = toc(&tar);
+    let entries = toc(&tar);
     let data = Arc::new(Memory {
-        files,
+        tar: tar.clone(),
         reads: AtomicU64::new(0),
         broken: false,
     });
@@ -259,9 +222,10 @@ fn a_lazy_layer_equals_its_unpack_alone_and_under_an_overlay() {
 fn a_failing_data_source_gives_readers_eio() {
     common::require_root(WHY);
     let t = common::tmp("lamina-lazy-test-");
-    let (entries, files) = toc(&layer());
+    let tar = layer();
+    let entries = toc(&tar);
     let data = Arc::new(Memory {
-        files,
+        tar,
         reads: AtomicU64::new(0),
         broken: true,
     });
@@ -277,26 +241,23 @@ fn a_failing_data_source_gives_readers_eio() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 }
 
-/// A source whose first file's bytes wait until released.
+/// A source whose bytes of the file starting at `slow` wait until released.
 struct Gated {
-    files: Vec<Vec<u8>>,
+    tar: Vec<u8>,
+    slow: u64,
     open: std::sync::Mutex<bool>,
     cv: std::sync::Condvar,
 }
 
 impl LayerData for Gated {
     fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        if data == 0 {
+        if data == self.slow {
             let mut open = self.open.lock().unwrap();
             while !*open {
                 open = self.cv.wait(open).unwrap();
             }
         }
-        let f = &self.files[data as usize];
-        let start = (offset as usize).min(f.len());
-        let n = buf.len().min(f.len() - start);
-        buf[..n].copy_from_slice(&f[start..start + n]);
-        Ok(n)
+        Ok(stream_read(&self.tar, data, offset, buf))
     }
 }
 
@@ -305,9 +266,16 @@ impl LayerData for Gated {
 fn a_slow_read_does_not_stall_the_rest_of_the_layer() {
     common::require_root(WHY);
     let t = common::tmp("lamina-lazy-test-");
-    let (entries, files) = toc(&layer());
+    let tar = layer();
+    let entries = toc(&tar);
+    let slow = entries
+        .iter()
+        .find(|e| e.path == Path::new("etc/hosts"))
+        .and_then(|e| e.data_offset)
+        .unwrap();
     let data = Arc::new(Gated {
-        files,
+        tar,
+        slow,
         open: std::sync::Mutex::new(false),
         cv: std::sync::Condvar::new(),
     });
@@ -336,7 +304,7 @@ fn a_slow_read_does_not_stall_the_rest_of_the_layer() {
 /// FUSE mount: equal to the unpack, and after a remount (a restart) served from the cache.
 #[test]
 fn a_gzip_layer_served_through_its_index_equals_its_unpack() {
-    use lamina_core::index::{build_index, BuildOptions, IndexedLayer};
+    use lamina_core::index::IndexedLayer;
     use lamina_core::lazy::{indexed, ChunkCache, IndexedStream};
     common::require_root(WHY);
     let t = common::tmp("lamina-lazy-test-");
@@ -355,7 +323,8 @@ fn a_gzip_layer_served_through_its_index_equals_its_unpack() {
         "{} checkpoints",
         index.checkpoints.len()
     );
-    let entries = indexed::entries(&index).unwrap();
+    indexed::check(&index).unwrap();
+    let entries = index.entries.clone();
     let len = index.uncompressed_size;
     let unpacked = t.path().join("unpacked");
     std::fs::create_dir(&unpacked).unwrap();

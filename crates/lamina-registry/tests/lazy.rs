@@ -107,7 +107,8 @@ fn lazy_reads_come_from_the_registry_and_fail_cleanly_while_it_is_down() {
         )
         .unwrap(),
     );
-    let tree = Arc::new(Tree::build(&indexed::entries(&index).unwrap()));
+    indexed::check(&index).unwrap();
+    let tree = Arc::new(Tree::build(&index.entries));
     let mnt = work.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let lazy = LazyMount::mount(tree, cache.clone(), &mnt).unwrap();

@@ -1,11 +1,10 @@
-//! A lazy layer from its seekable index: the tree from the index's table of contents, the
-//! stream from the compressed blob through the index's checkpoints.
+//! A lazy layer from its seekable index: the stream read from the compressed blob through
+//! the index's checkpoints (the tree comes straight from the index's table of contents).
 
 use std::sync::Mutex;
 
 use super::cache::StreamSource;
-use super::tree::{Entry, EntryKind};
-use crate::index::{self, BlobSource, Cursor, IndexedLayer, TocEntry};
+use crate::index::{self, BlobSource, Cursor, IndexedLayer};
 
 /// Why a layer cannot be served lazily (the caller unpacks it instead).
 #[derive(Debug, thiserror::Error)]
@@ -19,46 +18,14 @@ pub enum NotLazy {
     },
 }
 
-/// The table of contents of `index` as tree entries, each file's data handle being where
-/// its bytes start in the layer stream (what [`super::ChunkCache`] reads by).
-pub fn entries(index: &index::LayerIndex) -> Result<Vec<Entry>, NotLazy> {
-    index.entries.iter().map(entry).collect()
-}
-
-fn entry(e: &TocEntry) -> Result<Entry, NotLazy> {
-    if e.sparse.is_some() {
-        return Err(NotLazy::Sparse {
+/// Whether `index`'s layer can be served lazily.
+pub fn check(index: &index::LayerIndex) -> Result<(), NotLazy> {
+    match index.entries.iter().find(|e| e.sparse.is_some()) {
+        Some(e) => Err(NotLazy::Sparse {
             path: e.path.clone(),
-        });
+        }),
+        None => Ok(()),
     }
-    let kind = match e.kind {
-        index::EntryKind::Dir => EntryKind::Dir,
-        index::EntryKind::Symlink => EntryKind::Symlink,
-        index::EntryKind::HardLink => EntryKind::HardLink,
-        index::EntryKind::Char => EntryKind::Char,
-        index::EntryKind::Block => EntryKind::Block,
-        index::EntryKind::Fifo => EntryKind::Fifo,
-        // Whiteouts and opaque markers keep their `.wh.` names: the tree reads those.
-        index::EntryKind::File | index::EntryKind::Whiteout | index::EntryKind::Opaque => {
-            EntryKind::File
-        }
-    };
-    Ok(Entry {
-        path: e.path.clone(),
-        kind,
-        mode: e.mode,
-        uid: e.uid,
-        gid: e.gid,
-        size: e.size,
-        mtime: e.mtime,
-        xattrs: e.xattrs.clone(),
-        link: e.link_target.clone(),
-        rdev: e
-            .device
-            .map(|(major, minor)| rustix::fs::makedev(major, minor))
-            .unwrap_or(0),
-        data: e.data_offset,
-    })
 }
 
 /// A layer's uncompressed stream read from its compressed blob through its index. One

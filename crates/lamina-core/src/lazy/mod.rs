@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub use cache::{ChunkCache, StreamSource};
 pub use fs::{LayerData, LazyFs};
 pub use indexed::{IndexedStream, NotLazy};
-pub use tree::{Entry, EntryKind, Node, NodeKind, Tree};
+pub use tree::{Node, NodeKind, Tree};
 
 use crate::error::{Error, Result};
 

@@ -1,4 +1,5 @@
-//! A layer's file tree, built from its table of contents the way an unpack would build
+//! A layer's file tree, built from its table of contents (the entries of its seekable
+//! index, [`TocEntry`], in tar order) the way an unpack would build
 //! it in an overlay upper directory: later entries replace earlier ones, hard links share
 //! an inode (which takes the link entry's metadata, as containerd applies it), `.wh.NAME`
 //! becomes a 0:0 character device and `.wh..wh..opq` the `trusted.overlay.opaque` xattr,
@@ -9,56 +10,11 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::index::{EntryKind, TocEntry};
 use crate::layer::clean_path;
 
 /// The inode number of the root directory (FUSE's fixed root id).
 pub const ROOT: u64 = 1;
-
-/// What an entry of the table of contents is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A regular file; its bytes come from the layer data.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link (`link` is its target).
-    Symlink,
-    /// A hard link to the earlier entry named by `link`.
-    HardLink,
-    /// A character device (`rdev`).
-    Char,
-    /// A block device (`rdev`).
-    Block,
-    /// A named pipe.
-    Fifo,
-}
-
-/// One entry of a layer's table of contents, in tar order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The name in the layer (cleaned of `..` and leading `/` here).
-    pub path: PathBuf,
-    /// What it is.
-    pub kind: EntryKind,
-    /// Permission bits, setuid/setgid/sticky included.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Bytes of a regular file.
-    pub size: u64,
-    /// Modification time: seconds and nanoseconds since the epoch.
-    pub mtime: (i64, u32),
-    /// Extended attributes.
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    /// Symlink target, or the path a hard link points at.
-    pub link: Option<PathBuf>,
-    /// Device number of a device node.
-    pub rdev: u64,
-    /// For a regular file: what the layer data source knows it by.
-    pub data: Option<u64>,
-}
 
 /// What a node of the tree is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +91,9 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Builds the tree of `entries` (tar order).
-    pub fn build(entries: &[Entry]) -> Tree {
+    /// Builds the tree of `entries` (tar order). A regular file's data handle is where
+    /// its bytes start in the layer stream.
+    pub fn build(entries: &[TocEntry]) -> Tree {
         let mut t = Tree {
             nodes: vec![Node::dir(ROOT)],
         };
@@ -245,7 +202,7 @@ impl Tree {
         }
     }
 
-    fn add(&mut self, e: &Entry) {
+    fn add(&mut self, e: &TocEntry) {
         let path = clean_path(&e.path);
         let Some(name) = path.file_name().map(OsStr::to_owned) else {
             // "./" itself: only a directory entry changes the root's attributes.
@@ -319,7 +276,7 @@ impl Tree {
             }
             EntryKind::HardLink => {
                 let target = e
-                    .link
+                    .link_target
                     .as_deref()
                     .and_then(|t| self.lookup_path(t))
                     .filter(|&t| self.node(t).is_some_and(|n| n.kind != NodeKind::Dir));
@@ -335,20 +292,24 @@ impl Tree {
             kind => {
                 let mut node = Node::dir(parent);
                 node.kind = match kind {
-                    EntryKind::File => NodeKind::File,
                     EntryKind::Symlink => NodeKind::Symlink,
                     EntryKind::Char => NodeKind::Char,
                     EntryKind::Block => NodeKind::Block,
-                    _ => NodeKind::Fifo,
+                    EntryKind::Fifo => NodeKind::Fifo,
+                    // Whiteouts and opaque markers were taken by their names above.
+                    _ => NodeKind::File,
                 };
-                node.size = if kind == EntryKind::File { e.size } else { 0 };
-                node.link = if kind == EntryKind::Symlink {
-                    e.link.clone()
-                } else {
-                    None
-                };
-                node.rdev = e.rdev;
-                node.data = e.data;
+                if node.kind == NodeKind::File {
+                    node.size = e.size;
+                    node.data = e.data_offset;
+                }
+                if kind == EntryKind::Symlink {
+                    node.link = e.link_target.clone();
+                }
+                node.rdev = e
+                    .device
+                    .map(|(major, minor)| rustix::fs::makedev(major, minor))
+                    .unwrap_or(0);
                 set_meta(&mut node, e);
                 let ino = self.push(node);
                 self.link(parent, name, ino);
@@ -359,7 +320,7 @@ impl Tree {
 
 /// Owner, mode, mtime and xattrs of `e` onto `n` (overlayfs' own xattrs are not the
 /// layer's to set).
-fn set_meta(n: &mut Node, e: &Entry) {
+fn set_meta(n: &mut Node, e: &TocEntry) {
     n.mode = e.mode & 0o7777;
     n.uid = e.uid;
     n.gid = e.gid;
@@ -380,8 +341,8 @@ fn set_meta(n: &mut Node, e: &Entry) {
 mod tests {
     use super::*;
 
-    fn e(path: &str, kind: EntryKind) -> Entry {
-        Entry {
+    fn e(path: &str, kind: EntryKind) -> TocEntry {
+        TocEntry {
             path: path.into(),
             kind,
             mode: 0o644,
@@ -390,23 +351,24 @@ mod tests {
             size: 3,
             mtime: (5, 6),
             xattrs: Vec::new(),
-            link: None,
-            rdev: 0,
-            data: Some(9),
+            link_target: None,
+            device: None,
+            data_offset: Some(9),
+            sparse: None,
         }
     }
 
     #[test]
     fn replacements_links_whiteouts_and_opaque_dirs() {
         let mut link = e("a/l", EntryKind::HardLink);
-        link.link = Some("a/f".into());
+        link.link_target = Some("a/f".into());
         link.mode = 0o600;
         let t = Tree::build(&[
             e("a/f", EntryKind::File),
             link,
-            e("a/.wh.gone", EntryKind::File),
+            e("a/.wh.gone", EntryKind::Whiteout),
             e("b/x", EntryKind::File),
-            e("b/.wh..wh..opq", EntryKind::File),
+            e("b/.wh..wh..opq", EntryKind::Opaque),
             e("b/y", EntryKind::File),
             e("../../c", EntryKind::File),
             e("c", EntryKind::Dir),

@@ -14,6 +14,8 @@
 #   7. scripts/tests/registry_access.sh: `lamina pull` from docker-registry with basic
 #      and bearer-token auth, through hosts.toml mirrors, and over TLS with a private CA
 #      and client certificates.
+#   8. scripts/tests/lazy_index.sh: `lamina index build|push` of a pulled image: every layer
+#      indexed, the indexes pushed as an OCI artifact that refers to the image.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
 # ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
 # Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
@@ -87,6 +89,10 @@ record "CRI pull through Lamina" "${PIPESTATUS[0]}"
 step "registry access (basic and token auth, hosts.toml mirrors, private CA TLS, client certificates)"
 bash "$HERE/scripts/tests/registry_access.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/registry" 2>&1
 record "registry access" "${PIPESTATUS[0]}"
+
+step "seekable layer indexes: built from a pulled image, pushed beside it (OCI referrers fallback)"
+bash "$HERE/scripts/tests/lazy_index.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/lazy-index" 2>&1
+record "layer indexes" "${PIPESTATUS[0]}"
 
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"

@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lamina/v1/images.proto",
         "proto/lamina/v1/cache.proto",
         "proto/lamina/v1/merge.proto",
+        "proto/lamina/v1/index.proto",
         "proto/runtime/v1/image.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

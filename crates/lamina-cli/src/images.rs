@@ -130,15 +130,7 @@ pub async fn pull(
     plain_http: bool,
     user: Option<String>,
 ) -> anyhow::Result<()> {
-    let (username, password) = match user {
-        Some(u) => {
-            let (n, p) = u
-                .split_once(':')
-                .ok_or_else(|| anyhow!("--user takes USER:PASSWORD"))?;
-            (n.to_owned(), p.to_owned())
-        }
-        None => (String::new(), String::new()),
-    };
+    let (username, password) = split_user(user)?;
     let mut c = images_client(socket).await?;
     let started = std::time::Instant::now();
     let mut stream = c
@@ -364,4 +356,17 @@ impl PullDisplay {
         }
         self.enabled = false;
     }
+}
+
+/// `--user USER:PASSWORD` as its two parts (empty when not given).
+pub(crate) fn split_user(user: Option<String>) -> anyhow::Result<(String, String)> {
+    Ok(match user {
+        Some(u) => {
+            let (n, p) = u
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--user takes USER:PASSWORD"))?;
+            (n.to_owned(), p.to_owned())
+        }
+        None => (String::new(), String::new()),
+    })
 }

@@ -2,6 +2,7 @@
 
 mod cache;
 mod images;
+mod index;
 mod layer;
 mod merge;
 mod snapshot;
@@ -99,6 +100,9 @@ enum Command {
     /// Apply layer blobs into snapshots; export snapshots as layers.
     #[command(subcommand)]
     Layer(layer::Command),
+    /// Build seekable layer indexes of an image and push them beside it (lazy loading).
+    #[command(subcommand)]
+    Index(index::Command),
     /// Merge snapshots: a committed snapshot made of the diffs applied in order, as if
     /// each were exported as a layer and unpacked (stacked on overlayfs when every diff is
     /// one layer over its parent, else a tree of hard links: no file data is copied).
@@ -142,6 +146,7 @@ fn main() {
                 match cli.command {
                     Command::Snapshot(cmd) => snapshot::run(&cli.socket, cli.output, cmd).await,
                     Command::Layer(cmd) => layer::run(&cli.socket, cli.output, cmd).await,
+                    Command::Index(cmd) => index::run(&cli.socket, cli.output, cmd).await,
                     Command::Merge(args) => merge::merge(&cli.socket, cli.output, args).await,
                     Command::Diff(args) => merge::diff(&cli.socket, cli.output, args).await,
                     Command::Export(args) => merge::export(&cli.socket, cli.output, args).await,

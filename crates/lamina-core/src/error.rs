@@ -17,6 +17,12 @@ pub enum Error {
         /// Extra context, e.g. " (parent)".
         context: &'static str,
     },
+    /// No image of that name is recorded.
+    #[error("image {name:?} is not recorded here (see `lamina images`)")]
+    ImageNotFound {
+        /// The name looked up.
+        name: String,
+    },
     /// A snapshot with that key or name already exists.
     #[error("snapshot {key:?} already exists")]
     AlreadyExists {

@@ -19,6 +19,8 @@ const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("childr
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Store-wide values such as the schema version.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// layer blob digest → digest of its seekable index blob (in the content store).
+const LAYER_INDEXES: TableDefinition<&str, &str> = TableDefinition::new("layer_indexes");
 /// snapshot name → encoded [`Extra`], for snapshots made by merge or diff only.
 const EXTRAS: TableDefinition<&str, &[u8]> = TableDefinition::new("extras");
 
@@ -112,6 +114,7 @@ impl MetaStore {
             txn.open_table(CHILDREN)?;
             txn.open_table(IMAGES)?;
             txn.open_table(EXTRAS)?;
+            txn.open_table(LAYER_INDEXES)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get("schema")?.map(|v| v.value());
             match version {
@@ -159,6 +162,22 @@ impl MetaStore {
     /// (one file, so one transaction can span both).
     pub fn db(&self) -> &Database {
         &self.db
+    }
+
+    /// Records that blob `index` is the seekable index of layer blob `layer`.
+    pub fn put_layer_index(&self, layer: &str, index: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LAYER_INDEXES)?.insert(layer, index)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The seekable index recorded for layer blob `layer`.
+    pub fn layer_index(&self, layer: &str) -> Result<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LAYER_INDEXES)?;
+        let value = table.get(layer)?;
+        Ok(value.map(|v| v.value().to_owned()))
     }
 
     /// The extra record of a merged or diff snapshot.

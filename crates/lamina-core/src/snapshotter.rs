@@ -19,8 +19,10 @@ use crate::lock::RootLock;
 use crate::meta::{now_nanos, MetaStore, Record};
 use crate::model::{validate_key, validate_labels, Info, Kind, Labels, Mount, Usage};
 
+mod indexes;
 mod merge;
 
+pub use indexes::LayerIndexInfo;
 pub use merge::{DiffSpec, MergeMethod, MergeReport};
 
 /// Where a store lives and how it materialises snapshots.
@@ -199,10 +201,7 @@ impl Snapshotter {
         if self.meta.remove_image(name)? {
             Ok(())
         } else {
-            Err(Error::NotFound {
-                key: name.into(),
-                context: " (image)",
-            })
+            Err(Error::ImageNotFound { name: name.into() })
         }
     }
 

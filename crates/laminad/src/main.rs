@@ -5,6 +5,7 @@ mod bridge;
 mod cache;
 mod config;
 mod images;
+mod indexes;
 mod layers;
 mod merge;
 mod pull;

@@ -10,6 +10,7 @@ use lamina_core::cache::CacheManager;
 use lamina_core::{Snapshotter, StoreConfig};
 use lamina_proto::lamina::v1::cache_server::CacheServer;
 use lamina_proto::lamina::v1::images_server::ImagesServer;
+use lamina_proto::lamina::v1::indexes_server::IndexesServer;
 use lamina_proto::lamina::v1::layers_server::LayersServer;
 use lamina_proto::lamina::v1::merges_server::MergesServer;
 use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
@@ -20,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::cache::CacheService;
 use crate::config::Config;
 use crate::images::ImageService;
+use crate::indexes::IndexService;
 use crate::layers::LayerService;
 use crate::merge::MergeService;
 use crate::remote::RemoteFetcher;
@@ -78,6 +80,10 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
             LayerService::new(store.clone()).with_gc_gate(gc_gate.clone()),
         ))
         .add_service(CacheServer::new(CacheService::new(cache, gc_gate.clone())))
+        .add_service(IndexesServer::new(IndexService::new(
+            store.clone(),
+            hosts.clone(),
+        )))
         .add_service(MergesServer::new(MergeService::new(
             store.clone(),
             gc_gate.clone(),

@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 /// Converts a store error into the status containerd expects for it.
 pub fn to_status(e: Error) -> Status {
     let code = match &e {
-        Error::NotFound { .. } => Code::NotFound,
+        Error::NotFound { .. } | Error::ImageNotFound { .. } => Code::NotFound,
         Error::AlreadyExists { .. } => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InvalidArgument(_) | Error::Filter { .. } => Code::InvalidArgument,

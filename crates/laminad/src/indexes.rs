@@ -1,0 +1,185 @@
+//! `lamina.v1.Indexes`: seekable indexes of an image's layers, built into the content
+//! store and pushed beside the image as an OCI artifact that refers to it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lamina_core::{LayerIndexInfo, Snapshotter};
+use lamina_proto::lamina::v1 as pb;
+use lamina_proto::lamina::v1::indexes_server::Indexes;
+use lamina_registry::{Credentials, Reference, RegistryClient};
+use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
+use tonic::{Request, Response, Status};
+
+use crate::pull::registry_status;
+use crate::status::to_status;
+
+/// The artifact type of Lamina's layer indexes, and the media type of each index blob.
+pub const INDEX_ARTIFACT: &str = "application/vnd.lamina.layer-index.v1";
+/// Annotation on each index blob: the layer it indexes.
+pub const LAYER_ANNOTATION: &str = "io.lamina.layer.digest";
+/// Default uncompressed bytes between checkpoints.
+const DEFAULT_SPAN: u64 = 4 << 20;
+
+/// The index service over a store.
+pub struct IndexService {
+    store: Arc<Snapshotter>,
+    hosts: lamina_registry::HostsConfig,
+}
+
+impl IndexService {
+    /// Serves `store`, reaching registries as `hosts` says.
+    pub fn new(store: Arc<Snapshotter>, hosts: lamina_registry::HostsConfig) -> Self {
+        IndexService { store, hosts }
+    }
+
+    async fn build(&self, image: String, span: i64) -> Result<Vec<LayerIndexInfo>, Status> {
+        let span = if span > 0 { span as u64 } else { DEFAULT_SPAN };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.build_layer_indexes(&image, span))
+            .await
+            .map_err(|e| Status::internal(format!("index task failed: {e}")))?
+            .map_err(to_status)
+    }
+}
+
+fn info(l: &LayerIndexInfo) -> pb::LayerIndexInfo {
+    pb::LayerIndexInfo {
+        layer: l.layer.clone(),
+        index: l.index.clone(),
+        size: l.size as i64,
+        entries: l.entries as i64,
+        checkpoints: l.checkpoints as i64,
+        needs_reencoding: l.needs_reencoding,
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    lamina_core::layer::Digest::of(data).to_string()
+}
+
+fn descriptor(
+    media_type: MediaType,
+    digest: &str,
+    size: u64,
+) -> Result<oci_spec::image::Descriptor, Status> {
+    let digest = digest
+        .parse::<oci_spec::image::Digest>()
+        .map_err(|e| Status::invalid_argument(format!("digest {digest}: {e}")))?;
+    DescriptorBuilder::default()
+        .media_type(media_type)
+        .digest(digest)
+        .size(size)
+        .build()
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Indexes for IndexService {
+    async fn build(
+        &self,
+        req: Request<pb::BuildIndexesRequest>,
+    ) -> Result<Response<pb::BuildIndexesResponse>, Status> {
+        let r = req.into_inner();
+        let layers = IndexService::build(self, r.image, r.span).await?;
+        Ok(Response::new(pb::BuildIndexesResponse {
+            layers: layers.iter().map(info).collect(),
+        }))
+    }
+
+    async fn push(
+        &self,
+        req: Request<pb::PushIndexesRequest>,
+    ) -> Result<Response<pb::PushIndexesResponse>, Status> {
+        let r = req.into_inner();
+        let layers = IndexService::build(self, r.image.clone(), r.span).await?;
+        let image = self
+            .store
+            .images()
+            .map_err(to_status)?
+            .into_iter()
+            .find(|i| i.name == r.image)
+            .ok_or_else(|| Status::not_found(format!("image {:?}", r.image)))?;
+        let reference = Reference::parse(&image.name).map_err(registry_status)?;
+        let credentials = (!r.username.is_empty()).then_some(Credentials {
+            username: r.username,
+            password: r.password,
+        });
+        let client = RegistryClient::new(&reference, &self.hosts, r.plain_http, credentials)
+            .map_err(registry_status)?;
+        let read = |digest: &str| -> Result<Vec<u8>, Status> {
+            let d = lamina_core::layer::Digest::parse(digest)
+                .ok_or_else(|| Status::internal(format!("bad digest {digest}")))?;
+            let path = self.store.content().path(&d);
+            std::fs::read(&path)
+                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))
+        };
+        // The subject: the image manifest as the registry has it.
+        let manifest = read(&image.manifest)?;
+        let manifest_type = serde_json::from_slice::<serde_json::Value>(&manifest)
+            .ok()
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let subject = descriptor(
+            MediaType::from(manifest_type.as_str()),
+            &image.manifest,
+            manifest.len() as u64,
+        )?;
+        let mut blobs = Vec::new();
+        for l in &layers {
+            let bytes = read(&l.index)?;
+            let mut d = descriptor(
+                MediaType::Other(INDEX_ARTIFACT.into()),
+                &l.index,
+                bytes.len() as u64,
+            )?;
+            d.set_annotations(Some(
+                [(LAYER_ANNOTATION.to_string(), l.layer.clone())].into(),
+            ));
+            client
+                .push_blob(&l.index, Bytes::from(bytes))
+                .await
+                .map_err(registry_status)?;
+            blobs.push(d);
+        }
+        let empty = b"{}";
+        client
+            .push_blob(&sha256(empty), Bytes::from_static(empty))
+            .await
+            .map_err(registry_status)?;
+        let artifact = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .artifact_type(MediaType::Other(INDEX_ARTIFACT.into()))
+            .config(descriptor(
+                MediaType::EmptyJSON,
+                &sha256(empty),
+                empty.len() as u64,
+            )?)
+            .layers(blobs)
+            .subject(subject)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let bytes = serde_json::to_vec(&artifact).map_err(|e| Status::internal(e.to_string()))?;
+        let mut d = descriptor(
+            MediaType::ImageManifest,
+            &sha256(&bytes),
+            bytes.len() as u64,
+        )?;
+        d.set_artifact_type(Some(MediaType::Other(INDEX_ARTIFACT.into())));
+        let pushed = client
+            .push_referrer(&image.manifest, d, Bytes::from(bytes))
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::PushIndexesResponse {
+            artifact: pushed.digest,
+            subject: image.manifest,
+            referrers_api: pushed.subject_indexed,
+            layers: layers.iter().map(info).collect(),
+        }))
+    }
+}

@@ -27,9 +27,7 @@ trap cleanup EXIT
 rm -rf "$WORK"; mkdir -p "$WORK/ctd/root" "$WORK/ctd/state" "$WORK/ctd/opt" "$WORK/fifo"
 
 IMAGE=$REGISTRY_ADDR/lamina/demo:1
-python3 "$HERE/scripts/mkimage_busybox.py" "$WORK/image" "$(command -v busybox)" >/dev/null || { bad "build the demo image"; finish; }
-registry_start || { bad "docker-registry"; finish; }
-skopeo copy -q --dest-tls-verify=false "oci:$WORK/image:latest" "docker://$IMAGE" || { bad "skopeo push"; finish; }
+push_demo_image "$WORK/image" "$IMAGE" || { bad "demo image pushed to $IMAGE"; finish; }
 
 "$LAMINAD" --root "$WORK/lamina-root" --socket "$WORK/lamina.sock" --log-level info 2>"$WORK/laminad.log" &
 DPID=$!

@@ -107,15 +107,20 @@ impl Indexes for IndexService {
         });
         let client = RegistryClient::new(&reference, &self.hosts, r.plain_http, credentials)
             .map_err(registry_status)?;
-        let read = |digest: &str| -> Result<Vec<u8>, Status> {
+        // Off the runtime's threads: an index of a large layer is megabytes.
+        let read = |digest: &str| {
             let d = lamina_core::layer::Digest::parse(digest)
-                .ok_or_else(|| Status::internal(format!("bad digest {digest}")))?;
-            let path = self.store.content().path(&d);
-            std::fs::read(&path)
-                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))
+                .ok_or_else(|| Status::internal(format!("bad digest {digest}")));
+            let path = d.map(|d| self.store.content().path(&d));
+            async move {
+                let path = path?;
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))
+            }
         };
         // The subject: the image manifest as the registry has it.
-        let manifest = read(&image.manifest)?;
+        let manifest = read(&image.manifest).await?;
         let manifest_type = serde_json::from_slice::<serde_json::Value>(&manifest)
             .ok()
             .and_then(|v| {
@@ -131,7 +136,7 @@ impl Indexes for IndexService {
         )?;
         let mut blobs = Vec::new();
         for l in &layers {
-            let bytes = read(&l.index)?;
+            let bytes = read(&l.index).await?;
             let mut d = descriptor(
                 MediaType::Other(INDEX_ARTIFACT.into()),
                 &l.index,

@@ -17,7 +17,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 use super::diff::{xattrs, Change};
-use super::root::{children, clean, join, remove_all_at, Root};
+use super::root::{children, clean, io, join, remove_all_at, Root};
 use super::LayerError;
 use crate::sys;
 
@@ -132,17 +132,6 @@ struct Writer {
     opaque_dirs: HashSet<Vec<OsString>>,
 }
 
-fn io<'a>(
-    op: &'static str,
-    comps: &'a [OsString],
-) -> impl FnOnce(rustix::io::Errno) -> LayerError + 'a {
-    move |e| LayerError::Io {
-        op,
-        path: join(comps),
-        source: e.into(),
-    }
-}
-
 fn std_io<'a>(
     op: &'static str,
     comps: &'a [OsString],
@@ -174,7 +163,7 @@ impl Writer {
         Ok(self.root.dir(parent, true)?.expect("created on demand"))
     }
 
-    /// Removes whatever is at `comps` (recursively); true if something was there.
+    /// Removes whatever is at `comps` (recursively), if anything is.
     fn clear(&mut self, dir: &OwnedFd, comps: &[OsString]) -> Result<(), LayerError> {
         let name = comps.last().expect("non-empty path");
         match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {

@@ -23,7 +23,8 @@ pub(crate) struct Root {
     implicit: Vec<Vec<OsString>>,
 }
 
-fn io<'a>(
+/// Maps an OS error of operation `op` on `path` to a layer error (for `map_err`).
+pub(crate) fn io<'a>(
     op: &'static str,
     path: &'a [OsString],
 ) -> impl FnOnce(rustix::io::Errno) -> LayerError + 'a {

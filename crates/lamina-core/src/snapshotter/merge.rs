@@ -73,6 +73,19 @@ enum Plan {
     },
 }
 
+impl Plan {
+    /// Where the changes are read from.
+    fn source(&self) -> DiffSource<'_> {
+        match self {
+            Plan::Layer { dir, .. } => DiffSource::OverlayUpper(dir),
+            Plan::Views { lower, upper } => DiffSource::Views {
+                lower: lower.as_ref(),
+                upper,
+            },
+        }
+    }
+}
+
 impl Snapshotter {
     /// A committed snapshot that must exist (merges and diffs read only those).
     fn committed(&self, what: &str, key: &str) -> Result<Record> {
@@ -130,16 +143,6 @@ impl Snapshotter {
             lower: lower.map(|l| self.tree_of(&spec.lower, &l)).transpose()?,
             upper: self.tree_of(&spec.upper, &upper)?,
         })
-    }
-
-    fn changes(plan: &Plan) -> Result<Vec<crate::layer::diff::Change>> {
-        Ok(crate::layer::diff::changes(match plan {
-            Plan::Layer { dir, .. } => DiffSource::OverlayUpper(dir),
-            Plan::Views { lower, upper } => DiffSource::Views {
-                lower: lower.as_ref(),
-                upper,
-            },
-        })?)
     }
 
     /// Creates committed snapshot `key` whose contents are `diffs` applied onto one
@@ -230,14 +233,7 @@ impl Snapshotter {
         out: impl std::io::Write,
     ) -> Result<DiffReport> {
         let plan = self.plan(&DiffSpec::new(lower, upper))?;
-        let source = match &plan {
-            Plan::Layer { dir, .. } => DiffSource::OverlayUpper(dir),
-            Plan::Views { lower, upper } => DiffSource::Views {
-                lower: lower.as_ref(),
-                upper,
-            },
-        };
-        Ok(crate::layer::write_diff(source, compression, out)?)
+        Ok(crate::layer::write_diff(plan.source(), compression, out)?)
     }
 
     /// Whether `key` is a diff snapshot (its tree is a layer of changes).
@@ -266,7 +262,8 @@ impl Snapshotter {
             };
             let mut done = Materialized::default();
             for plan in plans {
-                materialize(Self::changes(plan)?, &fs, target, &mut done)?;
+                let changes = crate::layer::diff::changes(plan.source())?;
+                materialize(changes, &fs, target, &mut done)?;
             }
             let usage = crate::layer::materialize::own_usage(&fs, &done)?;
             Ok((done.entries, usage))

@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lamina/v1/cache.proto",
         "proto/lamina/v1/merge.proto",
         "proto/lamina/v1/index.proto",
+        "proto/lamina/v1/lazy.proto",
         "proto/runtime/v1/image.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

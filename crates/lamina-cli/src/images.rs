@@ -32,6 +32,8 @@ struct ImageOut {
     config: String,
     layers: Vec<LayerOut>,
     chain_ids: Vec<String>,
+    /// Layers a pull mounted lazily.
+    lazy: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,7 +60,26 @@ fn image_out(i: pb::Image) -> ImageOut {
             })
             .collect(),
         chain_ids: i.chain_ids,
+        lazy: i.lazy,
     }
+}
+
+/// How a pull treats layers whose seekable indexes are in the registry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LazyFlags {
+    /// Mount indexed layers lazily (read from the registry on demand), whatever laminad's
+    /// lazy_pull setting says.
+    #[arg(long, conflicts_with = "no_lazy")]
+    lazy: bool,
+    /// Download and unpack every layer.
+    #[arg(long)]
+    no_lazy: bool,
+    /// Unpack layers smaller than this many bytes even when indexed.
+    #[arg(long, value_name = "BYTES")]
+    lazy_min_size: Option<u64>,
+    /// A path in the image whose bytes lazy layers fetch first (repeatable).
+    #[arg(long, value_name = "PATH")]
+    prefetch: Vec<String>,
 }
 
 async fn images_client(socket: &Path) -> anyhow::Result<ImagesClient<tonic::transport::Channel>> {
@@ -129,6 +150,7 @@ pub async fn pull(
     reference: &str,
     plain_http: bool,
     user: Option<String>,
+    lazy: LazyFlags,
 ) -> anyhow::Result<()> {
     let (username, password) = split_user(user)?;
     let mut c = images_client(socket).await?;
@@ -139,6 +161,9 @@ pub async fn pull(
             plain_http,
             username,
             password,
+            lazy: (lazy.lazy || lazy.no_lazy).then_some(lazy.lazy),
+            lazy_min_size: lazy.lazy_min_size,
+            prefetch: lazy.prefetch,
         })
         .await?
         .into_inner();
@@ -162,10 +187,14 @@ pub async fn pull(
     if output == Output::Text {
         let bytes: i64 = image.layers.iter().map(|l| l.size).sum();
         eprintln!(
-            "pulled {} ({} layers, {:.1} MB) in {:.2}s",
+            "pulled {} ({} layers, {:.1} MB{}) in {:.2}s",
             image.name,
             image.layers.len(),
             bytes as f64 / 1e6,
+            match image.lazy.len() {
+                0 => String::new(),
+                n => format!(", {n} mounted lazily"),
+            },
             started.elapsed().as_secs_f64()
         );
     }

@@ -4,6 +4,7 @@ mod cache;
 mod images;
 mod index;
 mod layer;
+mod lazy;
 mod merge;
 mod snapshot;
 
@@ -54,6 +55,8 @@ enum Command {
         /// Registry credentials, USER:PASSWORD.
         #[arg(long, env = "LAMINA_REGISTRY_USER")]
         user: Option<String>,
+        #[command(flatten)]
+        lazy: images::LazyFlags,
     },
     /// Import an image from an OCI layout directory or an image archive (OCI or docker save).
     Import {
@@ -100,6 +103,8 @@ enum Command {
     /// Apply layer blobs into snapshots; export snapshots as layers.
     #[command(subcommand)]
     Layer(layer::Command),
+    /// List the layers mounted lazily and how much of each is on disk.
+    Lazy,
     /// Build seekable layer indexes of an image and push them beside it (lazy loading).
     #[command(subcommand)]
     Index(index::Command),
@@ -163,7 +168,12 @@ fn main() {
                         reference,
                         plain_http,
                         user,
-                    } => images::pull(&cli.socket, cli.output, &reference, plain_http, user).await,
+                        lazy,
+                    } => {
+                        images::pull(&cli.socket, cli.output, &reference, plain_http, user, lazy)
+                            .await
+                    }
+                    Command::Lazy => lazy::list(&cli.socket, cli.output).await,
                     Command::Import { path, name } => {
                         images::import(&cli.socket, cli.output, &path, name).await
                     }

@@ -504,6 +504,90 @@ impl Snapshotter {
         result
     }
 
+    /// Commits `name` on committed `parent` ("" for none) as a layer whose files another
+    /// party provides in place: `fill` gets the new snapshot's directory, its (empty,
+    /// mode 0755) file tree directory and the parent chain's file trees (topmost first),
+    /// and typically mounts a lazy layer on the file tree, keeping what it needs beside it
+    /// in the snapshot directory. The record commits only after `fill` succeeds, with
+    /// `usage`; if either fails, whatever `fill` mounted or wrote is removed again. The
+    /// overlayfs backend only: the native backend copies parents, a mounted layer has none.
+    pub fn commit_mounted(
+        &self,
+        name: &str,
+        parent: &str,
+        labels: Labels,
+        usage: Usage,
+        fill: impl FnOnce(&Path, &Path, &[PathBuf]) -> Result<()>,
+    ) -> Result<()> {
+        validate_key("name", name)?;
+        if !parent.is_empty() {
+            validate_key("parent", parent)?;
+        }
+        validate_labels(&labels)?;
+        if self.backend_kind != BackendKind::Overlayfs {
+            return Err(Error::FailedPrecondition(format!(
+                "a mounted layer needs the overlayfs backend, not {}",
+                self.backend_kind.as_str()
+            )));
+        }
+        if self.meta.get(name)?.is_some() {
+            return Err(Error::AlreadyExists { key: name.into() });
+        }
+        let chain = if parent.is_empty() {
+            Vec::new()
+        } else {
+            match self.meta.get(parent)? {
+                Some(p) if p.kind == Kind::Committed => self.meta.chain(parent)?,
+                Some(p) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "parent {parent:?} is a {} snapshot, not a committed one",
+                        p.kind
+                    )))
+                }
+                None => {
+                    return Err(Error::NotFound {
+                        key: parent.into(),
+                        context: " (parent)",
+                    })
+                }
+            }
+        };
+        let lowers: Vec<PathBuf> = chain.iter().map(|id| self.backend.fs_dir(*id)).collect();
+        let guard = self.allocate_id();
+        let id = guard.id;
+        self.backend.create(id, Kind::Committed, &[])?;
+        let result = fill(
+            &self.backend.snapshot_dir(id),
+            &self.backend.fs_dir(id),
+            &lowers,
+        )
+        .and_then(|()| {
+            let now = now_nanos();
+            self.meta.insert(
+                name,
+                &Record {
+                    id,
+                    kind: Kind::Committed,
+                    parent: parent.to_owned(),
+                    labels,
+                    created: now,
+                    updated: now,
+                    usage: Some(usage),
+                },
+            )
+        });
+        if result.is_err() {
+            self.discard(id);
+        }
+        drop(guard);
+        result
+    }
+
+    /// The directory of committed or active snapshot `key` (its file tree is `fs` in it).
+    pub fn snapshot_dir(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.backend.snapshot_dir(self.get(key)?.id))
+    }
+
     /// Unpacks an image's layers (bottom first) into the committed chain named by their
     /// chain IDs, reusing the part of the chain that exists, and returns the chain IDs.
     ///

@@ -202,3 +202,102 @@ fn removing_a_snapshot_never_deletes_through_a_mount() {
         "snapshot directory removed"
     );
 }
+
+#[test]
+fn a_mounted_layer_commits_only_once_it_is_filled() {
+    require_root();
+    let t = tmp();
+    let s = open(t.path(), BackendKind::Overlayfs);
+    layer(&s, &t.path().join("m0"), "base", "", &[("a", "base")]);
+    let base_fs = s.snapshot_dir("base").unwrap().join("fs");
+
+    // The filler gets the new layer's directories and the lowers; what it puts in the
+    // file tree (here a bind mount of a directory, standing in for a lazy layer's FUSE
+    // mount) is the layer.
+    let src = t.path().join("provided");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("b"), "provided").unwrap();
+    let mut seen_lowers = Vec::new();
+    s.commit_mounted(
+        "top",
+        "base",
+        Labels::new(),
+        Default::default(),
+        |dir, fs, lowers| {
+            assert_eq!(fs, dir.join("fs"));
+            assert!(dir.starts_with(t.path()));
+            seen_lowers = lowers.to_vec();
+            lamina_core::sys::mount_all(
+                &[lamina_core::Mount {
+                    kind: "bind".into(),
+                    source: src.display().to_string(),
+                    options: vec!["rbind".into(), "ro".into()],
+                }],
+                fs,
+            )
+        },
+    )
+    .unwrap();
+    assert_eq!(seen_lowers, vec![base_fs]);
+    assert_eq!(s.stat("top").unwrap().kind, Kind::Committed);
+    let mnt = t.path().join("m1");
+    std::fs::create_dir(&mnt).unwrap();
+    lamina_core::sys::mount_all(&s.view("v", "top", Labels::new()).unwrap(), &mnt).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("a")).unwrap(), "base");
+    assert_eq!(std::fs::read_to_string(mnt.join("b")).unwrap(), "provided");
+    lamina_core::sys::unmount(&mnt).unwrap();
+
+    // Removing it detaches the mount; the provided directory is untouched.
+    let top_dir = s.snapshot_dir("top").unwrap();
+    s.remove("v").unwrap();
+    s.remove("top").unwrap();
+    assert!(!top_dir.exists());
+    assert_eq!(std::fs::read_to_string(src.join("b")).unwrap(), "provided");
+
+    // A filler that fails leaves neither a record nor a directory (nor its mount).
+    let count = || {
+        std::fs::read_dir(t.path().join("root/snapshots"))
+            .unwrap()
+            .count()
+    };
+    let before = count();
+    let err = s
+        .commit_mounted(
+            "broken",
+            "base",
+            Labels::new(),
+            Default::default(),
+            |_, fs, _| {
+                lamina_core::sys::mount_all(
+                    &[lamina_core::Mount {
+                        kind: "bind".into(),
+                        source: src.display().to_string(),
+                        options: vec!["rbind".into()],
+                    }],
+                    fs,
+                )?;
+                Err(Error::FailedPrecondition("server did not start".into()))
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("server did not start"), "{err}");
+    assert!(s.stat("broken").is_err());
+    assert_eq!(before, count(), "the failed layer's directory is gone");
+    assert_eq!(std::fs::read_to_string(src.join("b")).unwrap(), "provided");
+
+    // A missing parent, and an existing name, are refused before anything is made.
+    let refused = s.commit_mounted("x", "nope", Labels::new(), Default::default(), |_, _, _| {
+        panic!("not called")
+    });
+    assert!(
+        matches!(refused, Err(Error::NotFound { .. })),
+        "{refused:?}"
+    );
+    let refused = s.commit_mounted("base", "", Labels::new(), Default::default(), |_, _, _| {
+        panic!("not called")
+    });
+    assert!(
+        matches!(refused, Err(Error::AlreadyExists { .. })),
+        "{refused:?}"
+    );
+}

@@ -529,10 +529,16 @@ impl RegistryClient {
 
     /// Downloads a small blob (a config) whole, verifying its digest.
     pub async fn blob_bytes(&self, digest: &str) -> Result<Vec<u8>> {
+        self.blob_bytes_max(digest, MAX_JSON).await
+    }
+
+    /// Downloads blob `digest` whole into memory, refusing one of more than `max` bytes,
+    /// and verifies its digest.
+    pub async fn blob_bytes_max(&self, digest: &str, max: u64) -> Result<Vec<u8>> {
         let (resp, url) = self
             .get(&format!("blobs/{digest}"), "*/*", 0, false)
             .await?;
-        let bytes = Self::read_limited(resp, &url, MAX_JSON).await?;
+        let bytes = Self::read_limited(resp, &url, max).await?;
         let actual = sha256_hex(&bytes);
         if actual != digest {
             return Err(RegistryError::DigestMismatch {

@@ -36,6 +36,19 @@ pub struct Config {
     /// Directory of containerd-style `<host>/hosts.toml` registry configs (mirrors,
     /// plain HTTP, headers); empty for none.
     pub registry_config_path: PathBuf,
+    /// Mount layers lazily (FUSE, read from the registry on demand) when the registry
+    /// has their seekable indexes; a pull may ask otherwise.
+    pub lazy_pull: bool,
+    /// Layers smaller than this are downloaded and unpacked even when indexed.
+    pub lazy_min_layer_size: u64,
+    /// Bytes a lazy layer fetches and caches at a time.
+    pub lazy_chunk_size: u64,
+    /// Longest one range request of a lazy read may take, in milliseconds.
+    pub lazy_read_timeout_ms: u64,
+    /// Range requests a lazy read makes before it fails with EIO.
+    pub lazy_read_attempts: u32,
+    /// How long after mounting a lazy layer its background fetch starts, in milliseconds.
+    pub lazy_fill_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -50,6 +63,12 @@ impl Default for Config {
             registry_config_path: "/etc/containerd/certs.d".into(),
             max_layer_bytes: 64 << 30,
             max_layer_entries: 10_000_000,
+            lazy_pull: true,
+            lazy_min_layer_size: 4 << 20,
+            lazy_chunk_size: 1 << 20,
+            lazy_read_timeout_ms: 5000,
+            lazy_read_attempts: 3,
+            lazy_fill_delay_ms: 2000,
         }
     }
 }
@@ -79,6 +98,21 @@ impl Config {
     /// The backend, parsed.
     pub fn backend(&self) -> anyhow::Result<BackendKind> {
         Ok(self.backend.parse()?)
+    }
+
+    /// The lazy-layer settings.
+    pub fn lazy(&self) -> crate::lazy::LazySettings {
+        crate::lazy::LazySettings {
+            enabled: self.lazy_pull,
+            min_layer_size: self.lazy_min_layer_size,
+            chunk_size: self.lazy_chunk_size.clamp(4096, 64 << 20),
+            read_timeout_ms: self.lazy_read_timeout_ms,
+            read_attempts: self.lazy_read_attempts,
+            fill_delay_ms: self.lazy_fill_delay_ms,
+            log_level: self.log_level.clone(),
+            hosts_dir: Some(self.registry_config_path.clone())
+                .filter(|p| !p.as_os_str().is_empty()),
+        }
     }
 
     /// The socket mode, parsed from octal; only permission bits are allowed.

@@ -19,6 +19,8 @@ pub struct ImageService {
     hosts: lamina_registry::HostsConfig,
     /// Held shared while an image is made, so no collection runs before it is recorded.
     gc_gate: crate::cache::GcGate,
+    /// How pulls mount layers lazily.
+    lazy: Option<crate::lazy::LazySettings>,
 }
 
 impl ImageService {
@@ -33,7 +35,15 @@ impl ImageService {
             parallelism,
             hosts,
             gc_gate: crate::cache::GcGate::default(),
+            lazy: None,
         }
+    }
+
+    /// Lets pulls mount indexed layers lazily with `settings` (whether they do by default
+    /// is `settings.enabled`; a pull request may ask otherwise).
+    pub fn with_lazy(mut self, settings: crate::lazy::LazySettings) -> Self {
+        self.lazy = Some(settings);
+        self
     }
 
     /// Shares `gate` with the cache service: imports and pulls hold it shared, so a
@@ -71,6 +81,7 @@ pub fn image_to_pb(r: ImageRecord) -> pb::Image {
             })
             .collect(),
         chain_ids: r.chain_ids,
+        lazy: Vec::new(),
     }
 }
 
@@ -123,11 +134,24 @@ impl Images for ImageService {
             };
             let _ = progress_tx.send(Ok(msg));
         });
+        let lazy = self.lazy.clone().and_then(|mut settings| {
+            if let Some(min) = r.lazy_min_size {
+                settings.min_layer_size = min;
+            }
+            r.lazy.unwrap_or(settings.enabled).then_some(settings)
+        });
+        if r.lazy == Some(true) && lazy.is_none() {
+            return Err(Status::failed_precondition(
+                "this daemon cannot mount layers lazily (it needs the overlayfs backend)",
+            ));
+        }
         let opts = crate::pull::PullOptions {
             plain_http: r.plain_http,
             credentials,
             parallelism: self.parallelism,
             progress: Some(progress),
+            lazy,
+            prefetch: r.prefetch.iter().map(std::path::PathBuf::from).collect(),
         };
         let (store, hosts) = (self.store.clone(), self.hosts.clone());
         let gate = self.gc_gate.clone().read_owned().await;
@@ -135,10 +159,14 @@ impl Images for ImageService {
             let _gate = gate;
             let started = std::time::Instant::now();
             let last = match crate::pull::pull(store, &hosts, &r.reference, opts).await {
-                Ok(rec) => {
-                    tracing::info!(image = %rec.name, layers = rec.layers.len(), secs = started.elapsed().as_secs_f64(), "pulled");
+                Ok(pulled) => {
+                    let rec = pulled.image;
+                    tracing::info!(image = %rec.name, layers = rec.layers.len(), lazy = pulled.lazy.len(), secs = started.elapsed().as_secs_f64(), "pulled");
                     Ok(pb::PullProgress {
-                        image: Some(image_to_pb(rec)),
+                        image: Some(pb::Image {
+                            lazy: pulled.lazy,
+                            ..image_to_pb(rec)
+                        }),
                         ..Default::default()
                     })
                 }

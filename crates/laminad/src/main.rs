@@ -7,6 +7,7 @@ mod config;
 mod images;
 mod indexes;
 mod layers;
+mod lazy;
 mod merge;
 mod pull;
 mod remote;
@@ -52,6 +53,12 @@ enum Command {
         #[arg(long, default_value = "lamina")]
         name: String,
     },
+    /// Serve one lazy layer (started by laminad itself; runs until the layer is unmounted).
+    #[command(hide = true)]
+    LazyServe {
+        /// The layer's snapshot directory.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,15 +85,25 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::LazyServe { dir }) => {
+            init_logging(&cfg.log_level)?;
+            lazy::serve::run(&dir)
+        }
         None => {
-            let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
-                .with_context(|| format!("log level {:?}", cfg.log_level))?;
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging(&cfg.log_level)?;
             server::run(cfg)
         }
     }
+}
+
+/// Logs to stderr at `level` (a tracing filter).
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("log level {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
 }

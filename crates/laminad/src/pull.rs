@@ -48,6 +48,18 @@ pub struct PullOptions {
     pub parallelism: usize,
     /// Told how the pull advances.
     pub progress: Option<ProgressFn>,
+    /// Mount indexed layers lazily, with these settings; `None`: unpack every layer.
+    pub lazy: Option<crate::lazy::LazySettings>,
+    /// Paths lazy layers fetch first.
+    pub prefetch: Vec<std::path::PathBuf>,
+}
+
+/// What a pull made.
+pub struct Pulled {
+    /// The image, recorded.
+    pub image: ImageRecord,
+    /// Digests of the layers mounted lazily.
+    pub lazy: Vec<String>,
 }
 
 /// Maps registry failures onto gRPC status codes.
@@ -128,10 +140,10 @@ pub async fn pull(
     hosts: &HostsConfig,
     reference: &str,
     opts: PullOptions,
-) -> Result<ImageRecord, Status> {
+) -> Result<Pulled, Status> {
     let r = Reference::parse(reference).map_err(registry_status)?;
     let client = Arc::new(
-        RegistryClient::new(&r, hosts, opts.plain_http, opts.credentials)
+        RegistryClient::new(&r, hosts, opts.plain_http, opts.credentials.clone())
             .map_err(registry_status)?,
     );
     let resolved = client.resolve(&r).await.map_err(registry_status)?;
@@ -174,6 +186,21 @@ pub async fn pull(
         })
         .collect();
     report(Progress::Layers(layers.clone()));
+    if let Some(settings) = &opts.lazy {
+        let found =
+            crate::lazy::find_indexes(&client, &resolved.digest, &layers, settings.min_layer_size)
+                .await;
+        if !found.is_empty() {
+            let image = ImageParts {
+                name: r.name(),
+                reference: reference.to_owned(),
+                manifest: resolved.digest.clone(),
+                config: config_digest,
+                layers,
+            };
+            return pull_lazily(store, client, image, found, settings.clone(), &opts).await;
+        }
+    }
     // Every layer downloads at once; each download is written to the content store and,
     // at the same time, unpacked into its own directory as it arrives.
     let gate = Arc::new(Semaphore::new(DOWNLOADS));
@@ -226,7 +253,172 @@ pub async fn pull(
     }
     let unpacked = unpack.await.map_err(|e| Status::internal(e.to_string()))?;
     network?;
-    unpacked.map_err(to_status)
+    Ok(Pulled {
+        image: unpacked.map_err(to_status)?,
+        lazy: Vec::new(),
+    })
+}
+
+/// An image being pulled, once its manifest and config are read.
+struct ImageParts {
+    name: String,
+    reference: String,
+    manifest: String,
+    config: String,
+    layers: Vec<LayerRecord>,
+}
+
+/// Pulls an image some of whose layers have indexes in `lazy`: those are mounted lazily,
+/// the others downloaded (all at once) and unpacked, bottom first, on top of them.
+async fn pull_lazily(
+    store: Arc<Snapshotter>,
+    client: Arc<RegistryClient>,
+    image: ImageParts,
+    lazy: std::collections::HashMap<String, crate::lazy::LazyCandidate>,
+    settings: crate::lazy::LazySettings,
+    opts: &PullOptions,
+) -> Result<Pulled, Status> {
+    let mut downloads = tokio::task::JoinSet::new();
+    let gate = Arc::new(Semaphore::new(DOWNLOADS));
+    for l in image
+        .layers
+        .iter()
+        .filter(|l| !lazy.contains_key(&l.digest))
+    {
+        let (store, client, gate, d) = (
+            store.clone(),
+            client.clone(),
+            gate.clone(),
+            digest(&l.digest)?,
+        );
+        let (progress, size) = (opts.progress.clone(), l.size);
+        downloads.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let r = download(store, client, d.clone()).await;
+            if let (Ok(()), Some(f)) = (&r, &progress) {
+                f(Progress::Bytes {
+                    digest: d.to_string(),
+                    bytes: size,
+                });
+            }
+            r
+        });
+    }
+    while let Some(done) = downloads.join_next().await {
+        done.map_err(|e| Status::internal(e.to_string()))??;
+    }
+    let (credentials, plain_http, prefetch) = (
+        opts.credentials.clone(),
+        opts.plain_http,
+        opts.prefetch.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        build_chain(
+            &store,
+            &image,
+            &lazy,
+            &settings,
+            credentials.as_ref(),
+            plain_http,
+            &prefetch,
+        )
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(to_status)
+}
+
+/// Makes the image's chain, bottom first: each missing layer mounted lazily when it has an
+/// index, unpacked from its blob otherwise; then records the image.
+fn build_chain(
+    store: &Snapshotter,
+    image: &ImageParts,
+    lazy: &std::collections::HashMap<String, crate::lazy::LazyCandidate>,
+    settings: &crate::lazy::LazySettings,
+    credentials: Option<&Credentials>,
+    plain_http: bool,
+    prefetch: &[std::path::PathBuf],
+) -> lamina_core::Result<Pulled> {
+    let mut sources = Vec::with_capacity(image.layers.len());
+    for l in &image.layers {
+        let parse = |s: &str| {
+            Digest::parse(s).ok_or_else(|| {
+                lamina_core::Error::InvalidArgument(format!("unsupported digest {s:?}"))
+            })
+        };
+        let digest = parse(&l.digest)?;
+        sources.push(lamina_core::LayerSource {
+            blob: store.content().path(&digest),
+            digest,
+            diff_id: parse(&l.diff_id)?,
+        });
+    }
+    let names = lamina_core::chain_ids(&sources);
+    let mut labels = lamina_core::Labels::new();
+    if image.name.len() + 16 <= lamina_core::model::MAX_LABEL_BYTES {
+        labels.insert("lamina.io/image".into(), image.name.clone());
+    }
+    let source = crate::lazy::Source {
+        image: &image.reference,
+        plain_http,
+        credentials,
+        prefetch,
+    };
+    let mut mounted = Vec::new();
+    for (i, l) in image.layers.iter().enumerate() {
+        if store
+            .stat(&names[i])
+            .is_ok_and(|s| s.kind == lamina_core::Kind::Committed)
+        {
+            continue;
+        }
+        let parent = if i == 0 { "" } else { names[i - 1].as_str() };
+        match lazy.get(&l.digest) {
+            Some(candidate) => {
+                crate::lazy::commit_lazy(
+                    store,
+                    settings,
+                    &names[i],
+                    parent,
+                    labels.clone(),
+                    candidate,
+                    &source,
+                )?;
+                mounted.push(l.digest.clone());
+            }
+            None => {
+                let mut layer_labels = labels.clone();
+                layer_labels.insert("lamina.io/layer.digest".into(), l.digest.clone());
+                let blob = store.content().open_blob(&sources[i].digest)?;
+                let opts = lamina_core::layer::ApplyOptions {
+                    expected_digest: Some(sources[i].digest.clone()),
+                    expected_diff_id: Some(sources[i].diff_id.clone()),
+                    // The content store verified the blob as it stored it.
+                    blob_digest_checked_elsewhere: true,
+                    ..Default::default()
+                };
+                store.apply_layer(
+                    &names[i],
+                    parent,
+                    layer_labels,
+                    std::io::BufReader::new(blob),
+                    opts,
+                )?;
+            }
+        }
+    }
+    let rec = ImageRecord {
+        name: image.name.clone(),
+        manifest: image.manifest.clone(),
+        config: image.config.clone(),
+        layers: image.layers.clone(),
+        chain_ids: names,
+    };
+    store.put_image(&rec)?;
+    Ok(Pulled {
+        image: rec,
+        lazy: mounted,
+    })
 }
 
 /// The threads writing blobs into the content store; `blobs_ready` waits for them.

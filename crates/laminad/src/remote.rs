@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use lamina_core::image::LayerRecord;
 use lamina_core::layer::{ApplyOptions, Digest};
 use lamina_core::{Labels, Snapshotter};
 use lamina_registry::{HostsConfig, Reference, RegistryClient};
+use oci_spec::image::{ImageConfiguration, ImageManifest};
 use tokio::sync::{Mutex, OnceCell};
 
 /// The label that names the chain ID a Prepare is meant to produce.
@@ -25,11 +27,18 @@ pub const CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 /// The outcome of one blob download, shared by everyone who asked for that blob.
 type SharedFetch = Arc<OnceCell<Result<(), String>>>;
 
+/// The layers of an image that can be mounted lazily, by digest, found once per image.
+type LazyLayers = Arc<HashMap<String, crate::lazy::LazyCandidate>>;
+
 /// Fetches layers for remote-snapshotter Prepares, each blob once however many ask.
 pub struct RemoteFetcher {
     store: Arc<Snapshotter>,
     hosts: HostsConfig,
     blobs: Mutex<HashMap<String, SharedFetch>>,
+    /// Mount indexed layers lazily with these settings.
+    lazy: Option<crate::lazy::LazySettings>,
+    /// Lazy layers by image reference.
+    images: Mutex<HashMap<String, Arc<OnceCell<LazyLayers>>>>,
 }
 
 /// What a Prepare asks for, when it is a remote-snapshotter Prepare.
@@ -70,7 +79,74 @@ impl RemoteFetcher {
             store,
             hosts,
             blobs: Mutex::new(HashMap::new()),
+            lazy: None,
+            images: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Mounts the layers of images with indexes lazily, with `settings`.
+    pub fn with_lazy(mut self, settings: crate::lazy::LazySettings) -> Self {
+        self.lazy = Some(settings).filter(|s| s.enabled);
+        self
+    }
+
+    /// The lazily mountable layers of `image`: its manifest and config read from the
+    /// registry, its indexes found there (once per image; none on any failure).
+    async fn lazy_layers(
+        &self,
+        image: &Reference,
+        settings: &crate::lazy::LazySettings,
+    ) -> LazyLayers {
+        let cell = self
+            .images
+            .lock()
+            .await
+            .entry(image.name())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            match self.find_lazy(image, settings).await {
+                Ok(found) => Arc::new(found),
+                Err(e) => {
+                    tracing::info!(image = %image.name(), error = %e, "no lazy layers: containerd's layers are fetched whole");
+                    Arc::default()
+                }
+            }
+        })
+        .await
+        .clone()
+    }
+
+    async fn find_lazy(
+        &self,
+        image: &Reference,
+        settings: &crate::lazy::LazySettings,
+    ) -> Result<HashMap<String, crate::lazy::LazyCandidate>, String> {
+        let client =
+            RegistryClient::new(image, &self.hosts, false, None).map_err(|e| e.to_string())?;
+        let resolved = client.resolve(image).await.map_err(|e| e.to_string())?;
+        let manifest =
+            ImageManifest::from_reader(&resolved.bytes[..]).map_err(|e| e.to_string())?;
+        let config = client
+            .blob_bytes(manifest.config().digest().as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = ImageConfiguration::from_reader(&config[..]).map_err(|e| e.to_string())?;
+        let layers: Vec<LayerRecord> = manifest
+            .layers()
+            .iter()
+            .zip(config.rootfs().diff_ids())
+            .map(|(l, diff_id)| LayerRecord {
+                digest: l.digest().to_string(),
+                diff_id: diff_id.clone(),
+                size: l.size(),
+                media_type: l.media_type().to_string(),
+            })
+            .collect();
+        Ok(
+            crate::lazy::find_indexes(&client, &resolved.digest, &layers, settings.min_layer_size)
+                .await,
+        )
     }
 
     /// Makes sure blob `d` of `image` is in the content store, downloading it once.
@@ -100,6 +176,61 @@ impl RemoteFetcher {
         result
     }
 
+    /// Mounts layer `l` lazily as committed snapshot `key` on `parent`, when that makes
+    /// the chain ID containerd asked for.
+    async fn prepare_lazy(
+        &self,
+        key: &str,
+        parent: &str,
+        req: &RemoteRequest,
+        labels: Labels,
+        settings: &crate::lazy::LazySettings,
+        candidate: &crate::lazy::LazyCandidate,
+    ) -> Result<bool, String> {
+        let parent_chain = if parent.is_empty() {
+            None
+        } else {
+            self.store
+                .stat(parent)
+                .map_err(|e| e.to_string())?
+                .labels
+                .get(SNAPSHOT_REF)
+                .cloned()
+        };
+        let made = match &parent_chain {
+            None if parent.is_empty() => candidate.layer.diff_id.clone(),
+            None => return Ok(false), // a parent of unknown chain: let containerd unpack
+            Some(p) => {
+                Digest::of(format!("{p} {}", candidate.layer.diff_id).as_bytes()).to_string()
+            }
+        };
+        if made != req.chain_id {
+            return Ok(false);
+        }
+        let (store, settings, key, parent) = (
+            self.store.clone(),
+            settings.clone(),
+            key.to_owned(),
+            parent.to_owned(),
+        );
+        let (candidate, image) = (candidate.clone(), req.image.name());
+        tokio::task::spawn_blocking(move || {
+            let source = crate::lazy::Source {
+                image: &image,
+                plain_http: false,
+                credentials: None,
+                prefetch: &[],
+            };
+            crate::lazy::commit_lazy(
+                &store, &settings, &key, &parent, labels, &candidate, &source,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
     /// Produces the layer `req` names on `parent` as committed snapshot `key`, labelled
     /// with its chain ID. `Ok(true)`: done (answer AlreadyExists); `Ok(false)`: cannot
     /// (containerd should unpack); `Err`: the layer is bad.
@@ -113,8 +244,29 @@ impl RemoteFetcher {
         if self.store.stat(key).is_ok() {
             return Ok(false); // the ordinary Prepare answers AlreadyExists for the key
         }
-        // Start every layer of the image downloading now; the later Prepares find them.
-        for d in req.others.iter().filter(|d| **d != req.layer) {
+        let lazy = match &self.lazy {
+            Some(settings) => self.lazy_layers(&req.image, settings).await,
+            None => LazyLayers::default(),
+        };
+        if let (Some(settings), Some(candidate)) = (&self.lazy, lazy.get(req.layer.as_str())) {
+            match self
+                .prepare_lazy(key, parent, &req, labels.clone(), settings, candidate)
+                .await
+            {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(layer = %req.layer, error = %e, "cannot mount the layer lazily; fetching it")
+                }
+            }
+        }
+        // Start every other layer of the image downloading now (those not mounted lazily);
+        // the later Prepares find them.
+        for d in req
+            .others
+            .iter()
+            .filter(|d| **d != req.layer && !lazy.contains_key(d.as_str()))
+        {
             let (me, image, d) = (self.clone(), req.image.clone(), d.clone());
             tokio::spawn(async move {
                 if let Err(e) = me.fetch(&image, &d).await {

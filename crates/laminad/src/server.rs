@@ -12,6 +12,7 @@ use lamina_proto::lamina::v1::cache_server::CacheServer;
 use lamina_proto::lamina::v1::images_server::ImagesServer;
 use lamina_proto::lamina::v1::indexes_server::IndexesServer;
 use lamina_proto::lamina::v1::layers_server::LayersServer;
+use lamina_proto::lamina::v1::lazy_layers_server::LazyLayersServer;
 use lamina_proto::lamina::v1::merges_server::MergesServer;
 use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::images::ImageService;
 use crate::indexes::IndexService;
 use crate::layers::LayerService;
+use crate::lazy::service::LazyService;
 use crate::merge::MergeService;
 use crate::remote::RemoteFetcher;
 use crate::service::SnapshotService;
@@ -47,6 +49,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     .with_context(|| format!("opening store at {}", cfg.root.display()))?;
     let store = Arc::new(store);
     tracing::info!(root = %store.root().display(), %backend, "store open");
+    // Containers may be reading lazy layers right now: every one is served again (or
+    // still) before anything else happens.
+    crate::lazy::servers::restore(&store, &cfg.log_level).context("serving lazy layers")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("laminad")
@@ -60,6 +65,7 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
         dir: Some(cfg.registry_config_path.clone()).filter(|p| !p.as_os_str().is_empty()),
     };
     let cache = CacheManager::open(store.clone()).context("opening the cache manager")?;
+    let lazy = (store.backend() == lamina_core::BackendKind::Overlayfs).then(|| cfg.lazy());
     let gc_gate = crate::cache::GcGate::default();
     let listener = bind(&cfg).await?;
     tracing::info!(socket = %cfg.socket.display(), "serving containerd.services.snapshots.v1.Snapshots");
@@ -72,10 +78,14 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
         }
     };
     let result = tonic::transport::Server::builder()
-        .add_service(SnapshotsServer::new(SnapshotService::new(
-            store.clone(),
-            Arc::new(RemoteFetcher::new(store.clone(), hosts.clone())),
-        )))
+        .add_service(SnapshotsServer::new(SnapshotService::new(store.clone(), {
+            let fetcher = RemoteFetcher::new(store.clone(), hosts.clone());
+            Arc::new(match &lazy {
+                Some(settings) => fetcher.with_lazy(settings.clone()),
+                None => fetcher,
+            })
+        })))
+        .add_service(LazyLayersServer::new(LazyService::new(store.clone())))
         .add_service(LayersServer::new(
             LayerService::new(store.clone()).with_gc_gate(gc_gate.clone()),
         ))
@@ -88,9 +98,13 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
             store.clone(),
             gc_gate.clone(),
         )))
-        .add_service(ImagesServer::new(
-            ImageService::new(store, UNPACK_PARALLELISM, hosts).with_gc_gate(gc_gate),
-        ))
+        .add_service(ImagesServer::new({
+            let images = ImageService::new(store, UNPACK_PARALLELISM, hosts).with_gc_gate(gc_gate);
+            match lazy {
+                Some(settings) => images.with_lazy(settings),
+                None => images,
+            }
+        }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);

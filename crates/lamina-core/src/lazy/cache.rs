@@ -1,7 +1,9 @@
 //! The on-disk chunk cache of a lazy layer: the layer's uncompressed tar stream kept in a
 //! sparse file, filled chunk by chunk as files are read (and by the background fetch),
-//! with a bitmap of the chunks present that survives a restart. A chunk is written and
-//! synced before the bitmap says so, so the bitmap never claims bytes the disk lacks.
+//! with a bitmap of the chunks present that survives a restart. The bitmap is written
+//! (at most once a second, and when the stream is complete) only after the stream file
+//! was synced, so it never claims bytes the disk lacks; a crash loses at most the last
+//! second's chunks, which are fetched again.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -23,8 +25,16 @@ pub trait StreamSource: Send + Sync + 'static {
 /// Bitmap file header: magic, then the chunk size and the stream length it describes.
 const MAGIC: &[u8; 8] = b"LMCHUNK1";
 
+/// How often the bitmap is written while chunks arrive.
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct State {
     present: Vec<u64>,
+    /// Chunks present now.
+    count: u64,
+    /// Chunks the bitmap on disk does not have yet, and when it was last written.
+    unsaved: u64,
+    saved_at: std::time::Instant,
     /// Chunks being fetched right now (others wait for them instead of fetching again).
     fetching: HashSet<u64>,
 }
@@ -74,6 +84,7 @@ impl ChunkCache {
                 }
             }
         }
+        let count = present.iter().map(|w| w.count_ones() as u64).sum();
         Ok(ChunkCache {
             data,
             bitmap_path,
@@ -82,10 +93,32 @@ impl ChunkCache {
             source,
             state: Mutex::new(State {
                 present,
+                count,
+                unsaved: 0,
+                saved_at: std::time::Instant::now(),
                 fetching: HashSet::new(),
             }),
             fetched: Condvar::new(),
         })
+    }
+
+    /// Bytes present and bytes in all of the cache in `dir`, as its bitmap was last
+    /// saved (for a status report from another process than the one filling it).
+    pub fn saved_progress(dir: &Path) -> Option<(u64, u64)> {
+        let bytes = std::fs::read(dir.join("present")).ok()?;
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return None;
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let (chunk, len) = (word(8).max(1), word(16));
+        let mut have = 0;
+        for c in 0..len.div_ceil(chunk) {
+            let at = 24 + (c / 64) as usize * 8;
+            if at + 8 <= bytes.len() && word(at) & (1 << (c % 64)) != 0 {
+                have += (len - c * chunk).min(chunk);
+            }
+        }
+        Some((have, len))
     }
 
     /// Bytes of the stream.
@@ -100,9 +133,44 @@ impl ChunkCache {
 
     /// Chunks present and in all.
     pub fn progress(&self) -> (u64, u64) {
+        (self.lock().count, self.chunks())
+    }
+
+    /// Chunks in all.
+    fn chunks(&self) -> u64 {
+        self.len.div_ceil(self.chunk)
+    }
+
+    /// Whether every chunk is present.
+    pub fn is_complete(&self) -> bool {
+        self.lock().count == self.chunks()
+    }
+
+    /// Bytes of the stream present in the cache.
+    pub fn fetched_bytes(&self) -> u64 {
         let st = self.lock();
-        let have = st.present.iter().map(|w| w.count_ones() as u64).sum();
-        (have, self.len.div_ceil(self.chunk))
+        let last = self.chunks().saturating_sub(1);
+        let tail = if self.chunks() > 0 && Self::has(&st, last) {
+            self.chunk - (self.len - last * self.chunk)
+        } else {
+            0
+        };
+        (st.count * self.chunk).saturating_sub(tail)
+    }
+
+    /// Syncs the stream file and writes the bitmap, if chunks arrived since it was last
+    /// written.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let mut st = self.lock();
+        if st.unsaved == 0 {
+            return Ok(());
+        }
+        self.persist(&mut st)
+    }
+
+    /// The stream file (to hash it once complete).
+    pub fn stream_file(&self) -> &File {
+        &self.data
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -132,7 +200,10 @@ impl ChunkCache {
         st.fetching.remove(&c);
         if result.is_ok() {
             st.present[(c / 64) as usize] |= 1 << (c % 64);
-            let persisted = self.persist(&st);
+            st.count += 1;
+            st.unsaved += 1;
+            let due = st.saved_at.elapsed() >= PERSIST_EVERY || st.count == self.chunks();
+            let persisted = if due { self.persist(&mut st) } else { Ok(()) };
             self.fetched.notify_all();
             return persisted;
         }
@@ -140,7 +211,7 @@ impl ChunkCache {
         result
     }
 
-    /// Reads chunk `c` from the source into the cache file and syncs it.
+    /// Reads chunk `c` from the source into the cache file.
     fn fetch(&self, c: u64) -> std::io::Result<()> {
         let start = c * self.chunk;
         let want = self.chunk.min(self.len - start) as usize;
@@ -164,12 +235,13 @@ impl ChunkCache {
                 n => filled += n,
             }
         }
-        self.data.write_all_at(&buf, start)?;
-        self.data.sync_data()
+        self.data.write_all_at(&buf, start)
     }
 
-    /// Writes the bitmap (atomically: a new file renamed over the old one).
-    fn persist(&self, st: &State) -> std::io::Result<()> {
+    /// Syncs the stream file, then writes the bitmap (atomically: a new file renamed over
+    /// the old one).
+    fn persist(&self, st: &mut State) -> std::io::Result<()> {
+        self.data.sync_data()?;
         let tmp = self.bitmap_path.with_extension("new");
         let mut f = File::create(&tmp)?;
         let mut bytes = Vec::with_capacity(24 + st.present.len() * 8);
@@ -181,7 +253,10 @@ impl ChunkCache {
         }
         f.write_all(&bytes)?;
         f.sync_data()?;
-        std::fs::rename(&tmp, &self.bitmap_path)
+        std::fs::rename(&tmp, &self.bitmap_path)?;
+        st.unsaved = 0;
+        st.saved_at = std::time::Instant::now();
+        Ok(())
     }
 
     /// Reads stream bytes at `offset` into `buf`, fetching the chunks they lie in first.
@@ -206,7 +281,7 @@ impl ChunkCache {
             }
             self.ensure(c)?;
         }
-        Ok(())
+        self.flush()
     }
 }
 
@@ -263,6 +338,12 @@ mod tests {
             fetched,
             "served from the cache"
         );
+        assert_eq!(cache.fetched_bytes(), 2 * 8192);
+        cache.flush().unwrap();
+        assert_eq!(
+            ChunkCache::saved_progress(dir.path()),
+            Some((2 * 8192, len))
+        );
         drop(cache);
 
         // Reopened (a restart): what was fetched is still there; a broken source fails
@@ -277,6 +358,8 @@ mod tests {
         assert_eq!(&buf[..n], &bytes[99_990..]);
         cache.fill(&AtomicBool::new(false)).unwrap();
         assert_eq!(cache.progress(), (13, 13));
+        assert!(cache.is_complete());
+        assert_eq!(cache.fetched_bytes(), len);
         let mut all = vec![0u8; bytes.len()];
         cache.read_at(0, &mut all).unwrap();
         assert_eq!(all, bytes);

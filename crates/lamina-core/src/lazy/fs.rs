@@ -177,6 +177,17 @@ impl Filesystem for LazyFs {
         }
     }
 
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok(); // read-only: nothing to write back on close
+    }
+
     fn read(
         &mut self,
         _req: &Request<'_>,

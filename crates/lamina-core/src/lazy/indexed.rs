@@ -28,13 +28,19 @@ pub fn check(index: &index::LayerIndex) -> Result<(), NotLazy> {
     }
 }
 
-/// A layer's uncompressed stream read from its compressed blob through its index. One
-/// decoder is kept between reads, so the chunk cache filling a layer in order
-/// decompresses it once.
+/// Decoders kept between reads: one per reader that moves through the layer on its own
+/// (a file being read, the background fetch), so none restarts at a checkpoint because
+/// another moved the shared decoder elsewhere.
+const CURSORS: usize = 4;
+
+/// A layer's uncompressed stream read from its compressed blob through its index.
+/// Decoders are kept between reads, so a reader going forward (the chunk cache filling a
+/// layer in order, a large file read front to back) decompresses each byte once.
 pub struct IndexedStream<S> {
     layer: IndexedLayer,
     blob: S,
-    cursor: Mutex<Cursor>,
+    /// Idle decoders; a read takes the one standing closest before its offset.
+    cursors: Mutex<Vec<Cursor>>,
 }
 
 impl<S: BlobSource> IndexedStream<S> {
@@ -43,7 +49,7 @@ impl<S: BlobSource> IndexedStream<S> {
         IndexedStream {
             layer,
             blob,
-            cursor: Mutex::new(Cursor::new()),
+            cursors: Mutex::new(Vec::new()),
         }
     }
 
@@ -55,8 +61,30 @@ impl<S: BlobSource> IndexedStream<S> {
 
 impl<S: BlobSource + Send + Sync + 'static> StreamSource for IndexedStream<S> {
     fn read_stream(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        // A reader that panicked leaves the cursor to restart at a checkpoint: still sound.
-        let mut cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
-        self.layer.read_with(&mut cursor, &self.blob, offset, buf)
+        let mut cursor = {
+            // The pool is a list of idle decoders: a panic elsewhere cannot tear it.
+            let mut idle = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            let best = idle
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.position() <= offset)
+                .max_by_key(|(_, c)| c.position())
+                .map(|(i, _)| i);
+            match best {
+                Some(i) => idle.swap_remove(i),
+                None if idle.len() >= CURSORS => idle.swap_remove(0),
+                None => Cursor::new(),
+            }
+        };
+        let result = self.layer.read_with(&mut cursor, &self.blob, offset, buf);
+        let mut idle = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= CURSORS {
+            // Keep the decoders furthest along the layer; forget the one furthest back.
+            if let Some((i, _)) = idle.iter().enumerate().min_by_key(|(_, c)| c.position()) {
+                idle.swap_remove(i);
+            }
+        }
+        idle.push(cursor);
+        result
     }
 }

@@ -44,10 +44,29 @@ impl LazyMount {
     pub fn target(&self) -> &Path {
         &self.target
     }
+
+    /// Serves until the mount goes away (unmounted, or detached and no longer used): what
+    /// a process that exists only to serve one lazy layer does.
+    pub fn wait(mut self) -> Result<()> {
+        let outcome = match self.server.take() {
+            Some(server) => server.join(),
+            None => return Ok(()),
+        };
+        // The session is over: nothing is left to unmount (an empty target tells Drop).
+        let target = std::mem::take(&mut self.target);
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::io("serve FUSE on", target, e)),
+            Err(_) => Err(Error::FailedPrecondition("the FUSE server panicked".into())),
+        }
+    }
 }
 
 impl Drop for LazyMount {
     fn drop(&mut self) {
+        if self.target.as_os_str().is_empty() {
+            return; // served to the end by `wait`
+        }
         match crate::sys::unmount(&self.target) {
             // Unmounted: the kernel ends the session, and with it the server's loop.
             Ok(()) => {

@@ -88,6 +88,8 @@ impl Node {
 #[derive(Debug, Clone)]
 pub struct Tree {
     nodes: Vec<Node>,
+    /// Directories made only because an entry below them needed a parent.
+    implicit: std::collections::BTreeSet<u64>,
 }
 
 impl Tree {
@@ -96,6 +98,7 @@ impl Tree {
     pub fn build(entries: &[TocEntry]) -> Tree {
         let mut t = Tree {
             nodes: vec![Node::dir(ROOT)],
+            implicit: Default::default(),
         };
         for e in entries {
             t.add(e);
@@ -119,6 +122,84 @@ impl Tree {
     /// Whether the tree has only its root.
     pub fn is_empty(&self) -> bool {
         self.nodes.len() == 1
+    }
+
+    /// Fits the tree to the layers it will sit on (`lowers`, topmost first), as an unpack
+    /// into an overlay upper directory does: a directory the layer left implicit takes
+    /// the owner, mode and xattrs of the same directory below (overlayfs would show those),
+    /// and a whiteout that hides nothing below is dropped (overlayfs lists it as a broken
+    /// entry in a directory no lower layer has).
+    pub fn fit_to_lowers(&mut self, lowers: &[PathBuf]) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let below = |rel: &Path| {
+            lowers.iter().find_map(|l| {
+                let p = l.join(rel);
+                std::fs::symlink_metadata(&p).ok().map(|m| (p, m))
+            })
+        };
+        for ino in std::mem::take(&mut self.implicit) {
+            let rel = self.path_of(ino);
+            let Some((path, meta)) = below(&rel).filter(|(_, m)| m.is_dir()) else {
+                continue;
+            };
+            let xattrs: BTreeMap<String, Vec<u8>> = crate::sys::list_xattrs(&path)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|name| {
+                    let value = crate::sys::get_xattr(&path, &name).ok().flatten()?;
+                    let name = name.into_string().ok()?;
+                    (!name.starts_with("trusted.overlay.")).then_some((name, value))
+                })
+                .collect();
+            let n = self.node_mut(ino);
+            n.uid = meta.uid();
+            n.gid = meta.gid();
+            n.mode = meta.mode() & 0o7777;
+            let opaque = n.xattrs.remove("trusted.overlay.opaque");
+            n.xattrs = xattrs;
+            if let Some(o) = opaque {
+                n.xattrs.insert("trusted.overlay.opaque".into(), o);
+            }
+        }
+        let mut stack = vec![(ROOT, PathBuf::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let children: Vec<(OsString, u64)> = self
+                .node(dir)
+                .map(|n| n.children.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default();
+            for (name, child) in children {
+                let path = rel.join(&name);
+                match self.node(child).map(|n| (n.kind, n.rdev, n.parent)) {
+                    Some((NodeKind::Char, 0, _)) => {
+                        let hides = below(&path).is_some_and(|(_, m)| {
+                            !(m.file_type().is_char_device() && m.rdev() == 0)
+                        });
+                        if !hides {
+                            self.node_mut(dir).children.remove(&name);
+                        }
+                    }
+                    Some((NodeKind::Dir, _, p)) if p == dir => stack.push((child, path)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The path of directory `ino` from the root.
+    fn path_of(&self, mut ino: u64) -> PathBuf {
+        let mut names = Vec::new();
+        while ino != ROOT {
+            let Some(n) = self.node(ino) else { break };
+            let parent = n.parent;
+            if let Some((name, _)) = self
+                .node(parent)
+                .and_then(|p| p.children.iter().find(|(_, &c)| c == ino))
+            {
+                names.push(name.clone());
+            }
+            ino = parent;
+        }
+        names.iter().rev().collect()
     }
 
     /// The inode at `path`, following no symlinks.
@@ -150,6 +231,7 @@ impl Tree {
                 _ => {
                     let child = self.push(Node::dir(ino));
                     self.link(ino, name, child);
+                    self.implicit.insert(child);
                     child
                 }
             };
@@ -267,6 +349,7 @@ impl Tree {
                     }
                 };
                 set_meta(self.node_mut(ino), e);
+                self.implicit.remove(&ino);
                 if over_whiteout {
                     // Deleted, then made again in this layer: nothing below shows through.
                     self.node_mut(ino)
@@ -397,5 +480,50 @@ mod tests {
         assert_eq!(c.kind, NodeKind::Dir, "a later directory replaces the file");
         let a = t.node(t.lookup_path(Path::new("a")).unwrap()).unwrap();
         assert_eq!((a.mode, a.uid), (0o755, 0), "implicit parents: 0755, root");
+    }
+
+    #[test]
+    fn fitted_to_lowers_like_an_unpack_into_an_upper_dir() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let lower = tempfile::tempdir().unwrap();
+        let a = lower.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o710)).unwrap();
+        std::os::unix::fs::chown(&a, Some(7), Some(8)).unwrap();
+        std::fs::write(a.join("kept"), b"x").unwrap();
+        let mut t = Tree::build(&[
+            e("a/f", EntryKind::File),
+            e("a/.wh.kept", EntryKind::Whiteout),
+            e("a/.wh.gone", EntryKind::Whiteout),
+            e("n/f", EntryKind::File),
+            e("d", EntryKind::Dir),
+            e("d/.wh.nothing", EntryKind::Whiteout),
+        ]);
+        t.fit_to_lowers(&[lower.path().to_path_buf()]);
+        let node = |p: &str| t.lookup_path(Path::new(p)).and_then(|i| t.node(i));
+        let fitted = node("a").unwrap();
+        let m = std::fs::metadata(&a).unwrap();
+        assert_eq!(
+            (fitted.mode, fitted.uid, fitted.gid),
+            (m.mode() & 0o7777, 7, 8),
+            "an implicit directory takes the lower directory's attributes"
+        );
+        assert_eq!(
+            node("n").unwrap().mode,
+            0o755,
+            "no lower directory: as made"
+        );
+        assert_eq!(
+            node("d").unwrap().mode,
+            0o644,
+            "explicit entries keep their own"
+        );
+        assert!(node("a/kept").is_some_and(|n| n.kind == NodeKind::Char));
+        assert!(
+            node("a/gone").is_none(),
+            "a whiteout hiding nothing is dropped"
+        );
+        assert!(node("d/nothing").is_none());
+        assert!(node("a/f").is_some());
     }
 }

@@ -64,6 +64,33 @@ impl Snapshotter {
         Ok(out)
     }
 
+    /// Keeps an index fetched from elsewhere (a registry) as the index of layer blob
+    /// `layer`, whose uncompressed stream should hash to `diff_id` and be `size` bytes
+    /// compressed: the index is parsed (a malformed one is refused) and must describe that
+    /// very blob. Gives the index and where it is stored. The index is still only a claim
+    /// about the blob's contents until the layer's bytes are checked against `diff_id`.
+    pub fn adopt_layer_index(
+        &self,
+        layer: &str,
+        diff_id: &str,
+        size: u64,
+        bytes: &[u8],
+    ) -> Result<(LayerIndex, Digest)> {
+        let index = LayerIndex::decode(bytes).map_err(invalid)?;
+        if index.blob_digest.as_str() != layer
+            || index.diff_id.as_str() != diff_id
+            || index.blob_size != size
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the index offered for layer {layer} describes blob {} ({} bytes, diffID {})",
+                index.blob_digest, index.blob_size, index.diff_id
+            )));
+        }
+        let (stored, _) = self.content().ingest(None, bytes)?;
+        self.meta.put_layer_index(layer, stored.as_str())?;
+        Ok((index, stored))
+    }
+
     /// The stored index of layer blob `layer`, if one was built or fetched.
     pub fn layer_index(&self, layer: &str) -> Result<Option<String>> {
         self.meta.layer_index(layer)

@@ -1,0 +1,212 @@
+//! Lazy layers in the daemon: finding a layer's seekable index beside its image in the
+//! registry (pushed there by `lamina index push`), committing the layer as a snapshot
+//! whose file tree is a FUSE mount served by a process of its own (`laminad lazy-serve`),
+//! and keeping those mounts served across laminad restarts.
+
+pub mod serve;
+pub mod servers;
+pub mod service;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use lamina_core::image::LayerRecord;
+use lamina_core::{Labels, Snapshotter, Usage};
+use lamina_registry::{Credentials, RegistryClient};
+use oci_spec::image::ImageManifest;
+
+pub use spec::LazySpec;
+
+/// The artifact type of the index artifact `lamina index push` writes.
+pub const INDEX_ARTIFACT: &str = "application/vnd.lamina.layer-index.v1";
+/// The annotation that names the layer an index blob describes.
+pub const LAYER_ANNOTATION: &str = "io.lamina.layer.digest";
+/// The label marking a lazily mounted layer snapshot.
+pub const LAZY_LABEL: &str = "lamina.io/lazy";
+/// Largest index blob fetched (a layer of a few hundred thousand files).
+const MAX_INDEX_BYTES: u64 = 256 << 20;
+
+/// How lazy layers are made, from laminad's config.
+#[derive(Debug, Clone)]
+pub struct LazySettings {
+    /// Mount layers lazily when their image has indexes (pulls may override it).
+    pub enabled: bool,
+    /// Smaller layers are downloaded and unpacked (cheaper than a mount).
+    pub min_layer_size: u64,
+    /// Bytes fetched and cached at a time.
+    pub chunk_size: u64,
+    /// Longest one range request may take (ms).
+    pub read_timeout_ms: u64,
+    /// Range requests before a read fails with EIO.
+    pub read_attempts: u32,
+    /// Delay before a layer's background fetch starts (ms).
+    pub fill_delay_ms: u64,
+    /// The servers' log filter.
+    pub log_level: String,
+    /// hosts.toml directory the servers read the registry through.
+    pub hosts_dir: Option<PathBuf>,
+}
+
+/// A layer that can be mounted lazily, and its index (checked against the layer).
+#[derive(Clone)]
+pub struct LazyCandidate {
+    /// The layer.
+    pub layer: LayerRecord,
+    /// Its index, as fetched.
+    pub bytes: Vec<u8>,
+}
+
+/// Finds, in the registry, the indexes of the layers of image manifest `manifest` that
+/// are at least `min_size` bytes and can be served lazily. Anything missing or broken
+/// means "unpack that layer": the result is a hint, never an error.
+pub async fn find_indexes(
+    client: &RegistryClient,
+    manifest: &str,
+    layers: &[LayerRecord],
+    min_size: u64,
+) -> HashMap<String, LazyCandidate> {
+    let mut out = HashMap::new();
+    if !layers.iter().any(|l| l.size >= min_size) {
+        return out;
+    }
+    let artifacts = match client.referrers(manifest, Some(INDEX_ARTIFACT)).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(%manifest, error = %e, "no layer indexes found: layers are unpacked");
+            return out;
+        }
+    };
+    // The newest push is listed last.
+    let Some(artifact) = artifacts.last() else {
+        tracing::info!(%manifest, "the image has no layer indexes: layers are unpacked");
+        return out;
+    };
+    let bytes = match client
+        .manifest_bytes(
+            artifact.digest().as_ref(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(artifact = %artifact.digest(), error = %e, "cannot read the index artifact");
+            return out;
+        }
+    };
+    let Ok(art) = ImageManifest::from_reader(&bytes[..]) else {
+        tracing::warn!(artifact = %artifact.digest(), "the index artifact is not an OCI manifest");
+        return out;
+    };
+    let by_layer: HashMap<&str, &oci_spec::image::Descriptor> = art
+        .layers()
+        .iter()
+        .filter_map(|d| {
+            let layer = d.annotations().as_ref()?.get(LAYER_ANNOTATION)?;
+            Some((layer.as_str(), d))
+        })
+        .collect();
+    for l in layers.iter().filter(|l| l.size >= min_size) {
+        let Some(d) = by_layer.get(l.digest.as_str()) else {
+            continue;
+        };
+        let bytes = match client
+            .blob_bytes_max(d.digest().as_ref(), MAX_INDEX_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(layer = %l.digest, error = %e, "cannot fetch its index: unpacked");
+                continue;
+            }
+        };
+        match lamina_core::index::LayerIndex::decode(&bytes) {
+            Ok(index)
+                if index.blob_digest.as_str() == l.digest
+                    && index.diff_id.as_str() == l.diff_id
+                    && index.blob_size == l.size =>
+            {
+                if let Err(e) = lamina_core::lazy::indexed::check(&index) {
+                    tracing::info!(layer = %l.digest, reason = %e, "not lazy");
+                    continue;
+                }
+                let layer = l.clone();
+                out.insert(l.digest.clone(), LazyCandidate { layer, bytes });
+            }
+            Ok(_) => {
+                tracing::warn!(layer = %l.digest, "its index describes another layer: unpacked")
+            }
+            Err(e) => tracing::warn!(layer = %l.digest, error = %e, "bad index: unpacked"),
+        }
+    }
+    out
+}
+
+/// Where a lazy layer's bytes come from.
+pub struct Source<'a> {
+    /// The image reference (its repository is read).
+    pub image: &'a str,
+    /// http even off loopback.
+    pub plain_http: bool,
+    /// Registry credentials.
+    pub credentials: Option<&'a Credentials>,
+    /// Paths (in the image) fetched first, right after mounting.
+    pub prefetch: &'a [PathBuf],
+}
+
+/// Commits layer `l` as snapshot `name` on `parent`, mounted lazily from `candidate`'s
+/// index: the index is kept in the content store, the spec written into the snapshot
+/// directory, and the layer's server started; the snapshot exists once its mount is up.
+pub fn commit_lazy(
+    store: &Snapshotter,
+    settings: &LazySettings,
+    name: &str,
+    parent: &str,
+    mut labels: Labels,
+    candidate: &LazyCandidate,
+    source: &Source<'_>,
+) -> lamina_core::Result<()> {
+    let l = &candidate.layer;
+    let (_, stored) = store.adopt_layer_index(&l.digest, &l.diff_id, l.size, &candidate.bytes)?;
+    labels.insert("lamina.io/layer.digest".into(), l.digest.clone());
+    labels.insert(LAZY_LABEL.into(), "true".into());
+    store.commit_mounted(
+        name,
+        parent,
+        labels,
+        Usage::default(),
+        |dir, _fs, lowers| {
+            let spec = LazySpec {
+                image: source.image.to_owned(),
+                layer: l.digest.clone(),
+                diff_id: l.diff_id.clone(),
+                size: l.size,
+                index: store.content().path(&stored),
+                lowers: lowers.to_vec(),
+                chunk_size: settings.chunk_size,
+                read_timeout_ms: settings.read_timeout_ms,
+                read_attempts: settings.read_attempts,
+                fill_delay_ms: settings.fill_delay_ms,
+                prefetch: source.prefetch.to_vec(),
+                plain_http: source.plain_http,
+                hosts_dir: settings.hosts_dir.clone(),
+                username: source.credentials.map(|c| c.username.clone()),
+                password: source.credentials.map(|c| c.password.clone()),
+            };
+            let started = spec
+                .write(dir)
+                .and_then(|()| servers::start(dir, &settings.log_level));
+            match started {
+                Ok(pid) => {
+                    tracing::info!(snapshot = name, layer = %l.digest, pid, "layer mounted lazily");
+                    Ok(())
+                }
+                Err(e) => Err(lamina_core::Error::FailedPrecondition(format!(
+                    "mounting layer {} lazily: {e:#}",
+                    l.digest
+                ))),
+            }
+        },
+    )
+}

@@ -16,6 +16,10 @@
 #      and client certificates.
 #   8. scripts/tests/lazy_index.sh: `lamina index build|push` of a pulled image: every layer
 #      indexed, the indexes pushed as an OCI artifact that refers to the image.
+#   9. scripts/tests/lazy_pull.sh: `lamina pull --lazy`: layers mounted from the registry
+#      on demand equal a full pull byte for byte, outlive a laminad kill -9 (adopted on
+#      restart), give EIO in bounded time while the registry is down, and go away with
+#      their snapshots.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
 # ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
 # Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
@@ -93,6 +97,10 @@ record "registry access" "${PIPESTATUS[0]}"
 step "seekable layer indexes: built from a pulled image, pushed beside it (OCI referrers fallback)"
 bash "$HERE/scripts/tests/lazy_index.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/lazy-index" 2>&1
 record "layer indexes" "${PIPESTATUS[0]}"
+
+step "lazy pull: layers mounted from the registry on demand (equal to a full pull, restart, registry outage, cleanup)"
+bash "$HERE/scripts/tests/lazy_pull.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/lazy-pull" 2>&1
+record "lazy pull" "${PIPESTATUS[0]}"
 
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"

@@ -18,7 +18,7 @@ pub enum Command {
     Build {
         /// Image name (see lamina images).
         image: String,
-        /// Uncompressed bytes between decompression checkpoints (default 4 MiB).
+        /// Uncompressed bytes between decompression checkpoints (default 1 MiB).
         #[arg(long, default_value_t = 0)]
         span: i64,
     },
@@ -33,7 +33,7 @@ pub enum Command {
         /// Registry credentials, USER:PASSWORD.
         #[arg(long, env = "LAMINA_REGISTRY_USER")]
         user: Option<String>,
-        /// Uncompressed bytes between decompression checkpoints (default 4 MiB).
+        /// Uncompressed bytes between decompression checkpoints (default 1 MiB).
         #[arg(long, default_value_t = 0)]
         span: i64,
     },

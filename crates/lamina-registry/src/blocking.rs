@@ -78,6 +78,7 @@ impl BlockingBlob {
             return Ok(0);
         }
         let len = (buf.len() as u64).min(self.size - offset);
+        let started = std::time::Instant::now();
         let mut last = String::new();
         for attempt in 0..self.policy.attempts.max(1) {
             if attempt > 0 {
@@ -89,6 +90,12 @@ impl BlockingBlob {
                 .block_on(async { tokio::time::timeout(self.policy.timeout, request).await })
             {
                 Ok(Ok(bytes)) => {
+                    tracing::debug!(
+                        offset,
+                        len,
+                        secs = started.elapsed().as_secs_f64(),
+                        "range read"
+                    );
                     let n = bytes.len().min(buf.len());
                     buf[..n].copy_from_slice(&bytes[..n]);
                     return Ok(n);

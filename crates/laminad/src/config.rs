@@ -65,7 +65,7 @@ impl Default for Config {
             max_layer_entries: 10_000_000,
             lazy_pull: true,
             lazy_min_layer_size: 4 << 20,
-            lazy_chunk_size: 1 << 20,
+            lazy_chunk_size: 256 << 10,
             lazy_read_timeout_ms: 5000,
             lazy_read_attempts: 3,
             lazy_fill_delay_ms: 2000,

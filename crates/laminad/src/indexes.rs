@@ -18,8 +18,11 @@ use crate::status::to_status;
 pub const INDEX_ARTIFACT: &str = "application/vnd.lamina.layer-index.v1";
 /// Annotation on each index blob: the layer it indexes.
 pub const LAYER_ANNOTATION: &str = "io.lamina.layer.digest";
-/// Default uncompressed bytes between checkpoints.
-const DEFAULT_SPAN: u64 = 4 << 20;
+/// Default uncompressed bytes between checkpoints: a lazy read that starts cold
+/// decompresses half a span on average before its first byte, so spans are kept short;
+/// each checkpoint costs a compressed 32 KiB window in the index (about 3 % of a gzip
+/// layer at 1 MiB).
+const DEFAULT_SPAN: u64 = 1 << 20;
 
 /// The index service over a store.
 pub struct IndexService {

@@ -48,6 +48,8 @@ pub struct ChunkCache {
     source: Arc<dyn StreamSource>,
     state: Mutex<State>,
     fetched: Condvar,
+    /// Where a read that had to fetch sends the next chunk, for [`Self::start_readahead`].
+    readahead: Mutex<Option<std::sync::mpsc::SyncSender<u64>>>,
 }
 
 impl ChunkCache {
@@ -99,6 +101,7 @@ impl ChunkCache {
                 fetching: HashSet::new(),
             }),
             fetched: Condvar::new(),
+            readahead: Mutex::new(None),
         })
     }
 
@@ -182,12 +185,39 @@ impl ChunkCache {
         st.present[(c / 64) as usize] & (1 << (c % 64)) != 0
     }
 
-    /// Makes chunk `c` present, fetching it unless another reader is doing so.
-    fn ensure(&self, c: u64) -> std::io::Result<()> {
+    /// Reads that have to fetch also fetch the `depth` chunks after them, on a thread of
+    /// their own, while the reader goes on with what it got: files are mostly read in
+    /// the order the layer holds them, and the decoder is already there.
+    pub fn start_readahead(self: &Arc<Self>, depth: u64) -> std::io::Result<()> {
+        if depth == 0 {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(4);
+        let cache = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("lazy-readahead".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let Some(cache) = cache.upgrade() else { return };
+                    for c in first..(first + depth).min(cache.chunks()) {
+                        if let Err(e) = cache.ensure(c) {
+                            tracing::debug!(chunk = c, error = %e, "readahead");
+                            break;
+                        }
+                    }
+                }
+            })?;
+        *self.readahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    /// Makes chunk `c` present, fetching it unless another reader is doing so. Whether
+    /// it had to be fetched.
+    fn ensure(&self, c: u64) -> std::io::Result<bool> {
         let mut st = self.lock();
         loop {
             if Self::has(&st, c) {
-                return Ok(());
+                return Ok(false);
             }
             if st.fetching.insert(c) {
                 break;
@@ -205,14 +235,15 @@ impl ChunkCache {
             let due = st.saved_at.elapsed() >= PERSIST_EVERY || st.count == self.chunks();
             let persisted = if due { self.persist(&mut st) } else { Ok(()) };
             self.fetched.notify_all();
-            return persisted;
+            return persisted.map(|()| true);
         }
         self.fetched.notify_all();
-        result
+        result.map(|()| true)
     }
 
     /// Reads chunk `c` from the source into the cache file.
     fn fetch(&self, c: u64) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
         let start = c * self.chunk;
         let want = self.chunk.min(self.len - start) as usize;
         let mut buf = vec![0u8; want];
@@ -235,7 +266,13 @@ impl ChunkCache {
                 n => filled += n,
             }
         }
-        self.data.write_all_at(&buf, start)
+        self.data.write_all_at(&buf, start)?;
+        tracing::debug!(
+            chunk = c,
+            secs = started.elapsed().as_secs_f64(),
+            "chunk fetched"
+        );
+        Ok(())
     }
 
     /// Syncs the stream file, then writes the bitmap (atomically: a new file renamed over
@@ -265,8 +302,15 @@ impl ChunkCache {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(self.len - offset) as usize;
-        for c in offset / self.chunk..=(offset + n as u64 - 1) / self.chunk {
-            self.ensure(c)?;
+        let last = (offset + n as u64 - 1) / self.chunk;
+        let mut fetched = false;
+        for c in offset / self.chunk..=last {
+            fetched |= self.ensure(c)?;
+        }
+        if fetched && last + 1 < self.chunks() {
+            if let Some(tx) = &*self.readahead.lock().unwrap_or_else(|p| p.into_inner()) {
+                let _ = tx.try_send(last + 1); // busy: it is reading ahead already
+            }
         }
         self.data.read_exact_at(&mut buf[..n], offset)?;
         Ok(n)
@@ -367,5 +411,28 @@ mod tests {
         drop(cache);
         let cache = ChunkCache::open(dir.path(), src, len, 16384).unwrap();
         assert_eq!(cache.progress().0, 0);
+    }
+
+    #[test]
+    fn a_read_that_fetched_fetches_the_next_chunks_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+        let src = Arc::new(Source {
+            bytes: bytes.clone(),
+            reads: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        });
+        let cache = Arc::new(ChunkCache::open(dir.path(), src, bytes.len() as u64, 8192).unwrap());
+        cache.start_readahead(3).unwrap();
+        let mut buf = vec![0u8; 100];
+        cache.read_at(8192 * 2 + 5, &mut buf).unwrap();
+        assert_eq!(&buf[..], &bytes[8192 * 2 + 5..8192 * 2 + 105]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cache.progress().0 < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let st = cache.lock();
+        let present: Vec<u64> = (0..13).filter(|&c| ChunkCache::has(&st, c)).collect();
+        assert_eq!(present, [2, 3, 4, 5], "the chunk read and the 3 after it");
     }
 }

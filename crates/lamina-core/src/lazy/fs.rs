@@ -13,7 +13,7 @@ use fuser::{
     ReplyStatfs, ReplyXattr, Request,
 };
 
-use super::tree::{Node, NodeKind, Tree};
+use super::tree::{Node, NodeKind, Tree, ROOT};
 
 /// How long the kernel may keep what it was told: the tree never changes.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -147,6 +147,13 @@ impl Filesystem for LazyFs {
             .and_then(|&ino| self.tree.node(ino).map(|n| (ino, n)));
         match found {
             Some((ino, n)) => reply.entry(&TTL, &self.attr(ino, n), 0),
+            // Inode 0 is FUSE's cacheable "no such entry": overlayfs looks every name up
+            // in each lower directory that has its parent, and the answer never changes.
+            None if self.tree.node(parent).is_some() => {
+                let mut none = self.attr(ROOT, self.tree.node(ROOT).expect("the root exists"));
+                none.ino = 0;
+                reply.entry(&TTL, &none, 0)
+            }
             None => reply.error(libc::ENOENT),
         }
     }
@@ -165,14 +172,38 @@ impl Filesystem for LazyFs {
         }
     }
 
+    fn init(
+        &mut self,
+        _req: &Request<'_>,
+        config: &mut fuser::KernelConfig,
+    ) -> Result<(), libc::c_int> {
+        // Link targets never change either (kernels without it just ask again). The bit
+        // is FUSE_CACHE_SYMLINKS, which fuser names only with its ABI 7.28 feature.
+        const CACHE_SYMLINKS: u64 = 1 << 23;
+        let _ = config.add_capabilities(CACHE_SYMLINKS);
+        Ok(())
+    }
+
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(libc::EROFS);
         }
         match self.tree.node(ino) {
-            // The contents never change: let the kernel keep its page cache across opens.
-            Some(n) if n.kind == NodeKind::File => reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE),
+            // Nothing to do per open: ENOSYS tells the kernel to stop sending opens (and
+            // the releases and flushes that go with them) and to keep file pages cached
+            // across opens, which is right since the contents never change. A container
+            // starting opens thousands of files; each saved round trip counts.
+            Some(n) if n.kind == NodeKind::File => reply.error(libc::ENOSYS),
             Some(_) => reply.error(libc::EINVAL),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.tree.node(ino) {
+            // As for open: no state per open directory.
+            Some(n) if n.kind == NodeKind::Dir => reply.error(libc::ENOSYS),
+            Some(_) => reply.error(libc::ENOTDIR),
             None => reply.error(libc::ENOENT),
         }
     }
@@ -185,7 +216,8 @@ impl Filesystem for LazyFs {
         _lock_owner: u64,
         reply: fuser::ReplyEmpty,
     ) {
-        reply.ok(); // read-only: nothing to write back on close
+        // Read-only: nothing to write back on close, now or ever (ENOSYS stops flushes).
+        reply.error(libc::ENOSYS);
     }
 
     fn read(

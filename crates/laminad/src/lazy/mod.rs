@@ -18,10 +18,8 @@ use oci_spec::image::ImageManifest;
 
 pub use spec::LazySpec;
 
-/// The artifact type of the index artifact `lamina index push` writes.
-pub const INDEX_ARTIFACT: &str = "application/vnd.lamina.layer-index.v1";
-/// The annotation that names the layer an index blob describes.
-pub const LAYER_ANNOTATION: &str = "io.lamina.layer.digest";
+use crate::indexes::{INDEX_ARTIFACT, LAYER_ANNOTATION};
+
 /// The label marking a lazily mounted layer snapshot.
 pub const LAZY_LABEL: &str = "lamina.io/lazy";
 /// Largest index blob fetched (a layer of a few hundred thousand files).
@@ -168,7 +166,8 @@ pub fn commit_lazy(
     source: &Source<'_>,
 ) -> lamina_core::Result<()> {
     let l = &candidate.layer;
-    let (_, stored) = store.adopt_layer_index(&l.digest, &l.diff_id, l.size, &candidate.bytes)?;
+    let (index, stored) =
+        store.adopt_layer_index(&l.digest, &l.diff_id, l.size, &candidate.bytes)?;
     labels.insert("lamina.io/layer.digest".into(), l.digest.clone());
     labels.insert(LAZY_LABEL.into(), "true".into());
     store.commit_mounted(
@@ -183,11 +182,13 @@ pub fn commit_lazy(
                 diff_id: l.diff_id.clone(),
                 size: l.size,
                 index: store.content().path(&stored),
+                stream_size: index.uncompressed_size,
                 lowers: lowers.to_vec(),
                 chunk_size: settings.chunk_size,
                 read_timeout_ms: settings.read_timeout_ms,
                 read_attempts: settings.read_attempts,
                 fill_delay_ms: settings.fill_delay_ms,
+                fill_lock: Some(store.root().join("lazy-fill.lock")),
                 prefetch: source.prefetch.to_vec(),
                 plain_http: source.plain_http,
                 hosts_dir: settings.hosts_dir.clone(),

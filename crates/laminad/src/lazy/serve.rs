@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use lamina_core::index::{BlobSource, IndexedLayer};
+use lamina_core::lazy::indexed::ReadAhead;
 use lamina_core::lazy::{indexed, ChunkCache, IndexedStream, LayerData, LazyMount, Tree};
 use lamina_registry::{
     BlockingBlob, Credentials, HostsConfig, Reference, RegistryClient, RetryPolicy,
@@ -23,6 +24,10 @@ use super::spec::{LayerState, LazySpec, CACHE_DIR, LAZY_DIR, PID_FILE};
 
 /// What the server prints on stdout once its mount is up (laminad waits for it).
 pub const READY: &str = "ready";
+/// Compressed bytes asked of the registry at once (one round trip each).
+const FETCH_WINDOW: usize = 1 << 20;
+/// Uncompressed bytes fetched ahead of a read that had to fetch.
+const READ_AHEAD: u64 = 1 << 20;
 
 /// The registry blob, as the index reads it.
 struct RemoteBlob(BlockingBlob);
@@ -96,7 +101,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         runtime.handle().clone(),
         policy,
     );
-    let stream = IndexedStream::new(layer, RemoteBlob(blob));
+    let stream = IndexedStream::new(layer, ReadAhead::new(RemoteBlob(blob), FETCH_WINDOW));
     let cache = Arc::new(
         ChunkCache::open(
             &dir.join(LAZY_DIR).join(CACHE_DIR),
@@ -106,6 +111,9 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         )
         .context("opening the chunk cache")?,
     );
+    cache
+        .start_readahead(READ_AHEAD.div_ceil(spec.chunk_size.max(1)))
+        .context("starting the readahead thread")?;
     let state = LayerState::read(dir).map(|(s, _)| s);
     let data = Arc::new(Checked {
         cache: cache.clone(),
@@ -135,6 +143,20 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             .name("lazy-fill".into())
             .spawn(move || background_fetch(&dir, &spec, &tree, &data))
             .context("starting the background fetch")?;
+    }
+    // What `lamina lazy` reports comes from the saved bitmap: keep it at most a second old.
+    {
+        let cache = Arc::downgrade(&cache);
+        std::thread::Builder::new()
+            .name("lazy-save".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let Some(cache) = cache.upgrade() else { return };
+                if let Err(e) = cache.flush() {
+                    tracing::warn!(error = %e, "saving the chunk bitmap");
+                }
+            })
+            .context("starting the bitmap saver")?;
     }
     let served = mount.wait();
     if let Err(e) = cache.flush() {
@@ -168,7 +190,29 @@ fn background_fetch(dir: &Path, spec: &LazySpec, tree: &Tree, data: &Checked) {
             }
         }
     }
-    std::thread::sleep(Duration::from_millis(spec.fill_delay_ms));
+    // Wait out the delay, unless reads completed the layer already (then check it now).
+    let delay = std::time::Instant::now() + Duration::from_millis(spec.fill_delay_ms);
+    while !cache.is_complete() {
+        let left = delay.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_secs(1)));
+    }
+    // The rest of the layer is for later: containers' reads come first (this thread runs
+    // only when a CPU is idle), and one layer is completed at a time.
+    run_when_idle();
+    let _turn = spec.fill_lock.as_deref().and_then(|path| {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "fill lock"))
+            .ok()?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
+        Some(file)
+    });
     let never = AtomicBool::new(false);
     let mut wait = Duration::from_secs(1);
     while let Err(e) = cache.fill(&never) {
@@ -189,6 +233,18 @@ fn background_fetch(dir: &Path, spec: &LazySpec, tree: &Tree, data: &Checked) {
                 .write(dir, &format!("stream is {actual}, diffID {}", spec.diff_id));
         }
         Err(e) => tracing::warn!(error = %e, "hashing the fetched layer"),
+    }
+}
+
+/// Puts the calling thread in the SCHED_IDLE class: it runs only on CPUs nothing else
+/// wants, so a background fetch never slows the reads of a starting container.
+fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the parameter struct we pass (a valid, initialised
+    // local) and changes only the scheduling class of the calling thread (pid 0).
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SCHED_IDLE for the background fetch");
     }
 }
 

@@ -145,14 +145,21 @@ pub fn restore(store: &Snapshotter, log_level: &str) -> anyhow::Result<()> {
             tracing::info!(snapshot = %name, pid, "lazy layer still served; adopted");
             continue;
         }
+        // Whatever is still mounted there is a mount whose server died (stat of it may
+        // even succeed from the kernel's cache): its readers get ENOTCONN from now on,
+        // new ones get the new server's mount. Stacked leftovers go too.
         let fs = dir.join("fs");
-        if rustix::fs::statfs(&fs).is_ok_and(|st| st.f_type as u64 == FUSE_SUPER_MAGIC)
-            || std::fs::symlink_metadata(&fs).is_err()
-        {
-            // A mount whose server died: readers of it get ENOTCONN from now on; new
-            // ones get the new server's mount.
-            if let Err(e) = lamina_core::sys::unmount_detach(&fs) {
-                tracing::warn!(path = %fs.display(), error = %e, "detaching a dead lazy mount");
+        // (Mounts stacked on one path are listed once: detach until none is left.)
+        for _ in 0..16 {
+            let stale = lamina_core::sys::mount_points_under(&fs)?;
+            if stale.is_empty() {
+                break;
+            }
+            for path in stale {
+                tracing::info!(path = %path.display(), "detaching a lazy mount whose server is gone");
+                if let Err(e) = lamina_core::sys::unmount_detach(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "detaching a dead lazy mount");
+                }
             }
         }
         match start(&dir, log_level) {
@@ -185,8 +192,9 @@ pub fn list(store: &Snapshotter) -> anyhow::Result<Vec<LazyStatus>> {
     for (name, dir) in lazy_layers(store)? {
         let spec = LazySpec::read(&dir)?;
         let pid = serving(&dir);
-        let (fetched, total) =
-            ChunkCache::saved_progress(&dir.join(LAZY_DIR).join(CACHE_DIR)).unwrap_or_default();
+        let fetched = ChunkCache::saved_progress(&dir.join(LAZY_DIR).join(CACHE_DIR))
+            .map_or(0, |(fetched, _)| fetched);
+        let total = spec.stream_size;
         let (state, detail) = match (pid, LayerState::read(&dir)) {
             (None, _) => ("not-mounted".to_owned(), String::new()),
             (Some(_), Some((s, d))) => (s.as_str().to_owned(), d),

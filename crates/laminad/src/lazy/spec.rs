@@ -33,6 +33,8 @@ pub struct LazySpec {
     pub size: u64,
     /// The seekable index (a file in the content store).
     pub index: PathBuf,
+    /// Bytes of the uncompressed layer.
+    pub stream_size: u64,
     /// File trees of the layers below, topmost first (the tree is fitted to them).
     pub lowers: Vec<PathBuf>,
     /// Bytes fetched and cached at a time.
@@ -43,6 +45,10 @@ pub struct LazySpec {
     pub read_attempts: u32,
     /// How long after mounting the background fetch of the whole layer starts (ms).
     pub fill_delay_ms: u64,
+    /// A lock file every layer's background fetch holds while it runs, so layers are
+    /// completed one at a time rather than all at once against the containers' reads.
+    #[serde(default)]
+    pub fill_lock: Option<PathBuf>,
     /// Paths (in the image) whose bytes are fetched right after mounting, before the rest.
     #[serde(default)]
     pub prefetch: Vec<PathBuf>,

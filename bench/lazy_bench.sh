@@ -20,8 +20,10 @@
 #              `ctr snapshots mounts DIR KEY` prints, run by sh; reader over DIR
 #   Reported per way: medians over RUNS of pull s, rootfs/mount s, read s and the total; ratios
 #   lazy / full and lazy / ctd (the issue's goal: lazy <= 10 % of the full pull); for the lazy
-#   ways also the bytes laminad fetched (`lamina lazy -o json`: fetched bytes per lazy layer,
-#   sampled right after the reader finished), and laminad + lazy-serve CPU.
+#   ways also the bytes laminad fetched (`lamina lazy -o json`, sampled right after the reader
+#   finished: per lazy layer "fetched" = bytes of its uncompressed stream in its chunk cache, as
+#   the cache's bitmap was last saved, and "total"), laminad + lazy-serve CPU; for every way the
+#   distribution of per-file read times (the reader writes them to $OUTDIR/<way>-r<n>.read-times.tsv).
 #
 #   THE FILE LIST (chosen once per script run, deterministically: same image -> same list;
 #   written to $OUTDIR/files.tsv, one line per file: size, sha256, layer, path):
@@ -56,10 +58,14 @@
 #   a freshly formatted, loop-mounted, journaled ext4 (lib.sh, BENCH_FS=loop; never /) holding the
 #   fresh daemon root (laminad --root, or containerd root/state) and the rootfs mount point;
 #   nothing else is dropped (the registry's files stay in the page cache).
-#   Teardown of a lamina run: `lamina lazy -o json` (fetched bytes, server pids), unmount the
-#   rootfs, SIGTERM laminad; then any mount still under the fs is unmounted (umount -l) and any
-#   `laminad lazy-serve` process of this script's binary still alive is SIGTERMed, then SIGKILLed
-#   (each noted in $OUTDIR/notes.txt: laminad leaving them behind is visible there).
+#   Teardown of a lamina run: `lamina lazy -o json` (fetched bytes; the servers' logs are copied),
+#   unmount the rootfs, SIGTERM laminad; the lazy layers' FUSE mounts and their `laminad
+#   lazy-serve` processes outlive laminad by design, so every mount still under the fs is then
+#   unmounted (umount -l; a server exits when its mount goes) and any lazy-serve process of this
+#   script's laminad copy still alive is SIGTERMed, after 10 s SIGKILLed ($OUTDIR/teardown.txt).
+#   Anomalies (a lazy layer failed or unserved, `lamina lazy` contradicting the pull, a layer the
+#   reader read from reported as 0 of 0 bytes, SIGKILL needed, ...) go to $OUTDIR/notes.txt and
+#   under the table; a failed layer, pull, mount or read is an error.
 #   The laminad/lamina binaries are copied into $OUTDIR/bin first, so a rebuild during the run
 #   does not change what is measured. Prerequisites are apt-installed if missing (containerd runc
 #   docker-registry skopeo pigz curl e2fsprogs util-linux mount python3).
@@ -427,7 +433,7 @@ stop_pid "$LAMINAD_PID"; LAMINAD_PID=
 kill_lazy_servers setup
 umount_under "$FSMNT"
 # the index artifact(s) listed under the fallback tag, and their blobs
-INDEX_BLOBS=$(python3 - "$REGISTRY_ADDR" "$SIZE" "$MANIFEST" "$OUTDIR/setup.index-build.json" "$OUTDIR/index-blobs.json" <<'EOF'
+INDEX_BLOBS=$(python3 - "$REGISTRY_ADDR" "$SIZE" "$MANIFEST" "$OUTDIR/setup.index-build.json" "$OUTDIR/index-blobs.json" 2> "$OUTDIR/index-check.err" <<'EOF'
 import json, sys, urllib.request
 addr, size, manifest, built, out = sys.argv[1:6]
 base = "http://%s/v2/bench/%s" % (addr, size)
@@ -443,13 +449,15 @@ for a in arts:
                  "layer": l.get("annotations", {}).get("io.lamina.layer.digest")} for l in m["layers"]]})
     blobs += [l["digest"] for l in m["layers"]]
 json.dump({"artifacts": info}, open(out, "w"), indent=1)
-if len(arts) > 1:
-    print("NOTE: %d index artifacts listed under the fallback tag" % len(arts), file=sys.stderr)
+mine = {l["index"] for l in json.load(open(built))}
+if mine != {l["index"] for l in info[-1]["layers"]}:
+    print("NOTE: the last index artifact listed (the one lazy pulls use) is not this run's index build", file=sys.stderr)
 print(" ".join(blobs))
 EOF
-) || die "the registry has no usable index artifact for $REF after index push"
+) || die "the registry has no usable index artifact for $REF after index push: $(tail -c 400 "$OUTDIR/index-check.err")"
+while read -r l; do note "${l#NOTE: }"; done < <(grep "^NOTE: " "$OUTDIR/index-check.err" || true)
 NIDX=$(jget "$OUTDIR/index-blobs.json" "len(j['artifacts'])")
-[ "$NIDX" = 1 ] || note "$NIDX index artifacts are listed under the fallback tag of $MANIFEST (index push of a run before this one made different bytes?)"
+[ "$NIDX" = 1 ] || note "$NIDX index artifacts are listed under the fallback tag of $MANIFEST (pushes by other laminad builds made other index bytes; lazy pulls use the last one listed, this run's)"
 IDX_BYTES=$(jget "$OUTDIR/index-blobs.json" "sum(l['size'] for a in j['artifacts'][-1:] for l in a['layers'])")
 log "indexes in the registry: $(echo "$INDEX_BLOBS" | wc -w) blobs, $IDX_BYTES bytes (last artifact)"
 
@@ -606,9 +614,9 @@ WALL=$(elapsed "$T0" "$(now)")
 
 # ---------------------------------------------------------------------------------------------
 # Tables (medians over runs)
-python3 - "$TSV" "$J" "$OUTDIR" "$WALL" "$BENCH_FS" "$RUNS" "$PCT" "$READERS" "$LEGS" "$(nproc)" > "$OUTDIR/table.md" <<'EOF'
+python3 - "$TSV" "$J" "$OUTDIR" "$WALL" "$BENCH_FS" "$RUNS" "$PCT" "$READERS" "$LEGS" "$(nproc)" "$IDX_BYTES" > "$OUTDIR/table.md" <<'EOF'
 import csv, json, os, statistics, sys
-tsv, stats, outdir, wall, fs, runs, pct, readers, legs, nproc = sys.argv[1:11]
+tsv, stats, outdir, wall, fs, runs, pct, readers, legs, nproc, idx_bytes = sys.argv[1:12]
 J = json.load(open(stats)); S = json.load(open(os.path.join(outdir, "files-summary.json")))
 rows = list(csv.DictReader(open(tsv), delimiter="\t"))
 NAN = float("nan")
@@ -648,8 +656,10 @@ if lz:
     print("Lazy ways in detail (medians): `lamina lazy -o json` right after the reader finished: fetched = bytes of the "
           "lazy layers' uncompressed streams in their chunk caches (on-demand reads + background fill), total = their "
           "uncompressed size (the image: %.0f MB uncompressed, %.0f MB gzip); CPU seconds of laminad (incl. waited-for "
-          "children) and of the `lazy-serve` processes, sampled at the same time." % (
-          J["total"]["tar_bytes"] / 1e6, J["total"]["compressed_bytes"] / 1e6))
+          "children) and of the `lazy-serve` processes, sampled at the same time. The image's seekable indexes in the "
+          "registry (what a lazy pull reads first): %.1f MB, %.1f %% of its compressed layers." % (
+          J["total"]["tar_bytes"] / 1e6, J["total"]["compressed_bytes"] / 1e6, int(idx_bytes) / 1e6,
+          100 * int(idx_bytes) / J["total"]["compressed_bytes"]))
     print()
     print("| way | lazy layers | fetched MB | of lazy layers' total MB | fetched / bytes read | laminad CPU s | lazy-serve CPU s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -705,17 +715,19 @@ print()
 print("- pull s = `lamina pull` / `ctr images pull` until it returns; rootfs s = `lamina rootfs` / `ctr snapshots prepare` + "
       "`ctr snapshots mounts` + mount; read s = the reader; total = from the start of the pull to the reader's end.")
 loads = [float(r["load1"]) for r in rows]
-if loads and max(loads) > int(nproc):
-    print("- **the machine was busy**: 1-minute load average at the start of the runs %.1f–%.1f on %s cores (other jobs; "
-          "this script's runs alone keep it near 1–2): the figures carry that noise." % (min(loads), max(loads), nproc))
+if loads:
+    busy = max(loads) > 1.5 * int(nproc)
+    print("- 1-minute load average at the start of the runs: %.1f–%.1f on %s cores (this script's own runs keep it near 2)%s" % (
+          min(loads), max(loads), nproc, "; **the machine was busy with other jobs: the figures carry that noise**" if busy else "."))
 print("- per-run totals, s (load average at the start of the run): " + "; ".join("%s %s" % (w, ", ".join(
       "%s (%s)" % (r["total_s"], r["load1"]) for r in rows if r["way"] == w)) for w in ways) + ".")
 EOF
 cat "$OUTDIR/table.md"
 if [ -s "$OUTDIR/notes.txt" ]; then
   echo
-  echo "Notes (teardown and setup; see $OUTDIR/notes.txt):"
-  sort -u "$OUTDIR/notes.txt" | sed 's/^/- /'
+  echo "Notes (anomalies seen on the way; per run in $OUTDIR/notes.txt):"
+  sed -E 's/^(lazy|nofill|full|ctd)-r[0-9]+: /\1: /' "$OUTDIR/notes.txt" | sort | uniq -c |
+    awk '{n = $1; sub(/^ *[0-9]+ /, ""); print "- " $0 (n > 1 ? " (" n " runs)" : "")}'
 fi | tee -a "$OUTDIR/table.md"
 if [ ${#failures[@]} -gt 0 ]; then
   echo

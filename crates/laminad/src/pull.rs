@@ -364,7 +364,23 @@ fn build_chain(
         credentials,
         prefetch,
     };
-    let mut mounted = Vec::new();
+    // Lazy layers' servers start side by side; a layer unpacked on top of them waits
+    // until they are mounted (it reads its lowers). On any failure, what this pull made is
+    // removed again, top first.
+    let mut made: Vec<&str> = Vec::new();
+    let mut pending: Vec<(usize, crate::lazy::servers::Starting)> = Vec::new();
+    let await_all = |pending: &mut Vec<(usize, crate::lazy::servers::Starting)>| {
+        let mut first = Ok(());
+        for (i, starting) in pending.drain(..) {
+            if first.is_err() {
+                starting.abandon(); // it would wait for the failed layer below it
+                continue;
+            }
+            first = crate::lazy::await_lazy(&names[i], &image.layers[i], starting);
+        }
+        first
+    };
+    let mut result = Ok(());
     for (i, l) in image.layers.iter().enumerate() {
         if store
             .stat(&names[i])
@@ -373,20 +389,18 @@ fn build_chain(
             continue;
         }
         let parent = if i == 0 { "" } else { names[i - 1].as_str() };
-        match lazy.get(&l.digest) {
-            Some(candidate) => {
-                crate::lazy::commit_lazy(
-                    store,
-                    settings,
-                    &names[i],
-                    parent,
-                    labels.clone(),
-                    candidate,
-                    &source,
-                )?;
-                mounted.push(l.digest.clone());
-            }
-            None => {
+        let step = match lazy.get(&l.digest) {
+            Some(candidate) => crate::lazy::commit_lazy(
+                store,
+                settings,
+                &names[i],
+                parent,
+                labels.clone(),
+                candidate,
+                &source,
+            )
+            .map(|starting| pending.push((i, starting))),
+            None => await_all(&mut pending).and_then(|()| {
                 let mut layer_labels = labels.clone();
                 layer_labels.insert("lamina.io/layer.digest".into(), l.digest.clone());
                 let blob = store.content().open_blob(&sources[i].digest)?;
@@ -397,16 +411,41 @@ fn build_chain(
                     blob_digest_checked_elsewhere: true,
                     ..Default::default()
                 };
-                store.apply_layer(
-                    &names[i],
-                    parent,
-                    layer_labels,
-                    std::io::BufReader::new(blob),
-                    opts,
-                )?;
+                store
+                    .apply_layer(
+                        &names[i],
+                        parent,
+                        layer_labels,
+                        std::io::BufReader::new(blob),
+                        opts,
+                    )
+                    .map(drop)
+            }),
+        };
+        match step {
+            Ok(()) => made.push(&names[i]),
+            Err(e) => {
+                result = Err(e);
+                break;
             }
         }
     }
+    let awaited = await_all(&mut pending);
+    if let Err(e) = result.and(awaited) {
+        for name in made.iter().rev() {
+            if let Err(r) = store.remove(name) {
+                tracing::warn!(snapshot = name, error = %r, "removing a layer of a failed pull");
+            }
+        }
+        return Err(e);
+    }
+    let mounted = image
+        .layers
+        .iter()
+        .zip(&names)
+        .filter(|(l, n)| lazy.contains_key(&l.digest) && made.contains(&n.as_str()))
+        .map(|(l, _)| l.digest.clone())
+        .collect();
     let rec = ImageRecord {
         name: image.name.clone(),
         manifest: image.manifest.clone(),

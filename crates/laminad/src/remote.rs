@@ -122,8 +122,9 @@ impl RemoteFetcher {
         image: &Reference,
         settings: &crate::lazy::LazySettings,
     ) -> Result<HashMap<String, crate::lazy::LazyCandidate>, String> {
-        let client =
-            RegistryClient::new(image, &self.hosts, false, None).map_err(|e| e.to_string())?;
+        let client = Arc::new(
+            RegistryClient::new(image, &self.hosts, false, None).map_err(|e| e.to_string())?,
+        );
         let resolved = client.resolve(image).await.map_err(|e| e.to_string())?;
         let manifest =
             ImageManifest::from_reader(&resolved.bytes[..]).map_err(|e| e.to_string())?;
@@ -221,9 +222,14 @@ impl RemoteFetcher {
                 credentials: None,
                 prefetch: &[],
             };
-            crate::lazy::commit_lazy(
+            let starting = crate::lazy::commit_lazy(
                 &store, &settings, &key, &parent, labels, &candidate, &source,
-            )
+            )?;
+            crate::lazy::await_lazy(&key, &candidate.layer, starting).inspect_err(|_| {
+                if let Err(e) = store.remove(&key) {
+                    tracing::warn!(key, error = %e, "removing a lazy layer that did not mount");
+                }
+            })
         })
         .await
         .map_err(|e| e.to_string())?

@@ -48,6 +48,8 @@ pub struct ChunkCache {
     source: Arc<dyn StreamSource>,
     state: Mutex<State>,
     fetched: Condvar,
+    /// Held while the bitmap is saved.
+    saving: Mutex<()>,
     /// Where a read that had to fetch sends the next chunk, for [`Self::start_readahead`].
     readahead: Mutex<Option<std::sync::mpsc::SyncSender<u64>>>,
 }
@@ -101,6 +103,7 @@ impl ChunkCache {
                 fetching: HashSet::new(),
             }),
             fetched: Condvar::new(),
+            saving: Mutex::new(()),
             readahead: Mutex::new(None),
         })
     }
@@ -164,11 +167,20 @@ impl ChunkCache {
     /// Syncs the stream file and writes the bitmap, if chunks arrived since it was last
     /// written.
     pub fn flush(&self) -> std::io::Result<()> {
+        // One save at a time; reads and fetches go on meanwhile (the syncs can be slow).
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let (present, unsaved) = {
+            let st = self.lock();
+            if st.unsaved == 0 {
+                return Ok(());
+            }
+            (st.present.clone(), st.unsaved)
+        };
+        self.persist(&present)?;
         let mut st = self.lock();
-        if st.unsaved == 0 {
-            return Ok(());
-        }
-        self.persist(&mut st)
+        st.unsaved = st.unsaved.saturating_sub(unsaved);
+        st.saved_at = std::time::Instant::now();
+        Ok(())
     }
 
     /// The stream file (to hash it once complete).
@@ -233,9 +245,13 @@ impl ChunkCache {
             st.count += 1;
             st.unsaved += 1;
             let due = st.saved_at.elapsed() >= PERSIST_EVERY || st.count == self.chunks();
-            let persisted = if due { self.persist(&mut st) } else { Ok(()) };
+            drop(st);
             self.fetched.notify_all();
-            return persisted.map(|()| true);
+            return if due {
+                self.flush().map(|()| true)
+            } else {
+                Ok(true)
+            };
         }
         self.fetched.notify_all();
         result.map(|()| true)
@@ -275,25 +291,23 @@ impl ChunkCache {
         Ok(())
     }
 
-    /// Syncs the stream file, then writes the bitmap (atomically: a new file renamed over
-    /// the old one).
-    fn persist(&self, st: &mut State) -> std::io::Result<()> {
+    /// Syncs the stream file, then writes bitmap `present` (taken before the sync, so
+    /// every chunk it claims was written before it) atomically: a new file renamed over
+    /// the old one.
+    fn persist(&self, present: &[u64]) -> std::io::Result<()> {
         self.data.sync_data()?;
         let tmp = self.bitmap_path.with_extension("new");
         let mut f = File::create(&tmp)?;
-        let mut bytes = Vec::with_capacity(24 + st.present.len() * 8);
+        let mut bytes = Vec::with_capacity(24 + present.len() * 8);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&self.chunk.to_le_bytes());
         bytes.extend_from_slice(&self.len.to_le_bytes());
-        for w in &st.present {
+        for w in present {
             bytes.extend_from_slice(&w.to_le_bytes());
         }
         f.write_all(&bytes)?;
         f.sync_data()?;
-        std::fs::rename(&tmp, &self.bitmap_path)?;
-        st.unsaved = 0;
-        st.saved_at = std::time::Instant::now();
-        Ok(())
+        std::fs::rename(&tmp, &self.bitmap_path)
     }
 
     /// Reads stream bytes at `offset` into `buf`, fetching the chunks they lie in first.

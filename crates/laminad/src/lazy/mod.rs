@@ -10,6 +10,7 @@ pub mod spec;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use lamina_core::image::LayerRecord;
 use lamina_core::{Labels, Snapshotter, Usage};
@@ -59,7 +60,7 @@ pub struct LazyCandidate {
 /// are at least `min_size` bytes and can be served lazily. Anything missing or broken
 /// means "unpack that layer": the result is a hint, never an error.
 pub async fn find_indexes(
-    client: &RegistryClient,
+    client: &Arc<RegistryClient>,
     manifest: &str,
     layers: &[LayerRecord],
     min_size: u64,
@@ -105,40 +106,59 @@ pub async fn find_indexes(
             Some((layer.as_str(), d))
         })
         .collect();
+    // Every index is fetched and checked at once.
+    let mut checks = tokio::task::JoinSet::new();
     for l in layers.iter().filter(|l| l.size >= min_size) {
         let Some(d) = by_layer.get(l.digest.as_str()) else {
             continue;
         };
-        let bytes = match client
-            .blob_bytes_max(d.digest().as_ref(), MAX_INDEX_BYTES)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(layer = %l.digest, error = %e, "cannot fetch its index: unpacked");
-                continue;
-            }
-        };
-        match lamina_core::index::LayerIndex::decode(&bytes) {
-            Ok(index)
-                if index.blob_digest.as_str() == l.digest
-                    && index.diff_id.as_str() == l.diff_id
-                    && index.blob_size == l.size =>
-            {
-                if let Err(e) = lamina_core::lazy::indexed::check(&index) {
-                    tracing::info!(layer = %l.digest, reason = %e, "not lazy");
-                    continue;
+        let (client, index_digest, layer) = (client.clone(), d.digest().to_string(), l.clone());
+        checks.spawn(async move {
+            let bytes = match client.blob_bytes_max(&index_digest, MAX_INDEX_BYTES).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(layer = %layer.digest, error = %e, "cannot fetch its index: unpacked");
+                    return None;
                 }
-                let layer = l.clone();
-                out.insert(l.digest.clone(), LazyCandidate { layer, bytes });
-            }
-            Ok(_) => {
-                tracing::warn!(layer = %l.digest, "its index describes another layer: unpacked")
-            }
-            Err(e) => tracing::warn!(layer = %l.digest, error = %e, "bad index: unpacked"),
+            };
+            tokio::task::spawn_blocking(move || check_index(layer, bytes))
+                .await
+                .ok()
+                .flatten()
+        });
+    }
+    while let Some(done) = checks.join_next().await {
+        if let Ok(Some(candidate)) = done {
+            out.insert(candidate.layer.digest.clone(), candidate);
         }
     }
     out
+}
+
+/// `bytes` as the index of `layer`, if it parses, describes that layer and the layer
+/// can be served lazily.
+fn check_index(layer: LayerRecord, bytes: Vec<u8>) -> Option<LazyCandidate> {
+    match lamina_core::index::LayerIndex::decode(&bytes) {
+        Ok(index)
+            if index.blob_digest.as_str() == layer.digest
+                && index.diff_id.as_str() == layer.diff_id
+                && index.blob_size == layer.size =>
+        {
+            if let Err(e) = lamina_core::lazy::indexed::check(&index) {
+                tracing::info!(layer = %layer.digest, reason = %e, "not lazy");
+                return None;
+            }
+            Some(LazyCandidate { layer, bytes })
+        }
+        Ok(_) => {
+            tracing::warn!(layer = %layer.digest, "its index describes another layer: unpacked");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(layer = %layer.digest, error = %e, "bad index: unpacked");
+            None
+        }
+    }
 }
 
 /// Where a lazy layer's bytes come from.
@@ -153,9 +173,11 @@ pub struct Source<'a> {
     pub prefetch: &'a [PathBuf],
 }
 
-/// Commits layer `l` as snapshot `name` on `parent`, mounted lazily from `candidate`'s
+/// Commits `candidate`'s layer as snapshot `name` on `parent`, mounted lazily from its
 /// index: the index is kept in the content store, the spec written into the snapshot
-/// directory, and the layer's server started; the snapshot exists once its mount is up.
+/// directory, and the layer's server started. The snapshot is recorded before its mount
+/// is up: [`await_lazy`] before anything uses it, and remove the snapshot if that fails
+/// (a laminad that crashes meanwhile starts the server again when it restarts).
 pub fn commit_lazy(
     store: &Snapshotter,
     settings: &LazySettings,
@@ -164,12 +186,13 @@ pub fn commit_lazy(
     mut labels: Labels,
     candidate: &LazyCandidate,
     source: &Source<'_>,
-) -> lamina_core::Result<()> {
+) -> lamina_core::Result<servers::Starting> {
     let l = &candidate.layer;
     let (index, stored) =
         store.adopt_layer_index(&l.digest, &l.diff_id, l.size, &candidate.bytes)?;
     labels.insert("lamina.io/layer.digest".into(), l.digest.clone());
     labels.insert(LAZY_LABEL.into(), "true".into());
+    let mut starting = None;
     store.commit_mounted(
         name,
         parent,
@@ -197,17 +220,30 @@ pub fn commit_lazy(
             };
             let started = spec
                 .write(dir)
-                .and_then(|()| servers::start(dir, &settings.log_level));
+                .and_then(|()| servers::spawn(dir, &settings.log_level));
             match started {
-                Ok(pid) => {
-                    tracing::info!(snapshot = name, layer = %l.digest, pid, "layer mounted lazily");
+                Ok(s) => {
+                    starting = Some(s);
                     Ok(())
                 }
-                Err(e) => Err(lamina_core::Error::FailedPrecondition(format!(
-                    "mounting layer {} lazily: {e:#}",
-                    l.digest
-                ))),
+                Err(e) => Err(start_failed(l, e)),
             }
         },
-    )
+    )?;
+    starting.ok_or_else(|| lamina_core::Error::FailedPrecondition("no server started".into()))
+}
+
+/// Waits for the server of lazy layer `l`, committed as `name`, to mount it.
+pub fn await_lazy(
+    name: &str,
+    l: &LayerRecord,
+    starting: servers::Starting,
+) -> lamina_core::Result<()> {
+    let pid = starting.wait().map_err(|e| start_failed(l, e))?;
+    tracing::info!(snapshot = name, layer = %l.digest, pid, "layer mounted lazily");
+    Ok(())
+}
+
+fn start_failed(l: &LayerRecord, e: anyhow::Error) -> lamina_core::Error {
+    lamina_core::Error::FailedPrecondition(format!("mounting layer {} lazily: {e:#}", l.digest))
 }

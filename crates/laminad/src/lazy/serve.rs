@@ -25,9 +25,9 @@ use super::spec::{LayerState, LazySpec, CACHE_DIR, LAZY_DIR, PID_FILE};
 /// What the server prints on stdout once its mount is up (laminad waits for it).
 pub const READY: &str = "ready";
 /// Compressed bytes asked of the registry at once (one round trip each).
-const FETCH_WINDOW: usize = 1 << 20;
+const FETCH_WINDOW: usize = 512 << 10;
 /// Uncompressed bytes fetched ahead of a read that had to fetch.
-const READ_AHEAD: u64 = 1 << 20;
+const READ_AHEAD: u64 = 256 << 10;
 
 /// The registry blob, as the index reads it.
 struct RemoteBlob(BlockingBlob);
@@ -72,6 +72,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         );
     }
     let mut tree = Tree::build(layer.entries());
+    // The layers below may be starting right now, side by side with this one.
+    super::servers::wait_for_lazy_lowers(&spec.lowers, Duration::from_secs(60))?;
     tree.fit_to_lowers(&spec.lowers);
     let len = layer.index().uncompressed_size;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -22,6 +22,52 @@ const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
 /// Starts the server of the lazy layer in snapshot directory `dir` (its spec written)
 /// and waits until its mount is up. Gives the server's pid.
 pub fn start(dir: &Path, log_level: &str) -> anyhow::Result<u32> {
+    spawn(dir, log_level)?.wait()
+}
+
+/// A server started and not yet known to have mounted its layer.
+pub struct Starting {
+    child: std::process::Child,
+    ready: std::sync::mpsc::Receiver<String>,
+    log_path: PathBuf,
+}
+
+impl Starting {
+    /// Waits until the server's mount is up (or it failed, or took too long: then it is
+    /// killed). Gives its pid.
+    pub fn wait(mut self) -> anyhow::Result<u32> {
+        let ready = self.ready.recv_timeout(START_TIMEOUT);
+        if ready.as_deref().map(str::trim) != Ok(READY) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let tail = log_tail(&self.log_path);
+            match ready {
+                Err(_) => {
+                    bail!("the lazy layer server did not mount within {START_TIMEOUT:?}: {tail}")
+                }
+                Ok(_) => bail!("the lazy layer server failed: {tail}"),
+            }
+        }
+        let pid = self.child.id();
+        // Reaps it when it ends (its layer unmounted) while this laminad runs.
+        let mut child = self.child;
+        std::thread::spawn(move || child.wait());
+        Ok(pid)
+    }
+}
+
+impl Starting {
+    /// Stops a server that is no longer wanted (a layer below it failed).
+    pub fn abandon(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server of the lazy layer in snapshot directory `dir` without waiting for
+/// its mount: servers of a chain's layers start side by side (each waits for the lazy
+/// layers below it to be mounted before it fits its tree to them and mounts).
+pub fn spawn(dir: &Path, log_level: &str) -> anyhow::Result<Starting> {
     let exe = std::env::current_exe().context("finding laminad's own executable")?;
     let log_path = dir.join(LAZY_DIR).join(LOG_FILE);
     let log = std::fs::OpenOptions::new()
@@ -46,26 +92,41 @@ pub fn start(dir: &Path, log_level: &str) -> anyhow::Result<u32> {
             .with_context(|| format!("starting {} lazy-serve", exe.display()))?
     };
     let stdout = child.stdout.take().context("server stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, ready) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let ready = rx.recv_timeout(START_TIMEOUT);
-    if ready.as_deref().map(str::trim) != Ok(READY) {
-        let _ = child.kill();
-        let _ = child.wait();
-        let tail = log_tail(&log_path);
-        match ready {
-            Err(_) => bail!("the lazy layer server did not mount within {START_TIMEOUT:?}: {tail}"),
-            Ok(_) => bail!("the lazy layer server failed: {tail}"),
+    Ok(Starting {
+        child,
+        ready,
+        log_path,
+    })
+}
+
+/// Waits until every lazy layer among `lowers` (file trees of the layers below) is
+/// mounted, for at most `limit`.
+pub fn wait_for_lazy_lowers(lowers: &[PathBuf], limit: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    for lower in lowers {
+        let lazy = lower.parent().is_some_and(LazySpec::exists);
+        while lazy && !is_fuse(lower) {
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "the lazy layer below, {}, was not mounted within {limit:?}",
+                    lower.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
-    let pid = child.id();
-    // Reaps it when it ends (its layer unmounted) while this laminad runs.
-    std::thread::spawn(move || child.wait());
-    Ok(pid)
+    Ok(())
+}
+
+/// Whether a FUSE file system is mounted (and answering) at `path`.
+fn is_fuse(path: &Path) -> bool {
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as u64 == FUSE_SUPER_MAGIC)
 }
 
 /// The last lines of a server's log, for an error message.
@@ -91,8 +152,7 @@ fn serving(dir: &Path) -> Option<u32> {
         return None;
     }
     let fs = dir.join("fs");
-    let st = rustix::fs::statfs(&fs).ok()?;
-    (st.f_type as u64 == FUSE_SUPER_MAGIC && std::fs::symlink_metadata(&fs).is_ok()).then_some(pid)
+    (is_fuse(&fs) && std::fs::symlink_metadata(&fs).is_ok()).then_some(pid)
 }
 
 /// One lazy layer, as `lamina lazy` lists it.

@@ -140,7 +140,7 @@ install_pkgs containerd runc docker-registry skopeo pigz curl e2fsprogs util-lin
 mkdir -p "$BENCH_STATE" "$OUTDIR/bin" "$SOCKDIR"
 take_bench_lock
 
-has_lazy() { "$1" pull --help 2>/dev/null | grep -q -- '--lazy'; }
+has_lazy() { local h; h=$("$1" pull --help 2>/dev/null) && grep -q -- '--lazy' <<<"$h"; }   # (no pipe: grep -q would SIGPIPE it under pipefail)
 if [ "$BUILD" = always ] || [ ! -x "$LAMINAD_SRC" ] || [ ! -x "$LAMINA_SRC" ] || ! has_lazy "$LAMINA_SRC"; then
   [ -d "$HOME/.cargo/bin" ] && PATH=$HOME/.cargo/bin:$PATH
   log "building laminad + lamina (cargo build --release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"

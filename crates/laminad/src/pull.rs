@@ -23,7 +23,8 @@ const DOWNLOADS: usize = 8;
 /// A step of a pull, for progress displays.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    /// The image's layers, bottom first, once the manifest is read.
+    /// The image's layers to download, bottom first, once the manifest is read (layers
+    /// mounted lazily are not downloaded, and not listed).
     Layers(Vec<LayerRecord>),
     /// Bytes of a layer blob received (and unpacked as they arrive) so far.
     Bytes {
@@ -185,12 +186,19 @@ pub async fn pull(
             media_type: l.media_type().to_string(),
         })
         .collect();
-    report(Progress::Layers(layers.clone()));
     if let Some(settings) = &opts.lazy {
         let found =
             crate::lazy::find_indexes(&client, &resolved.digest, &layers, settings.min_layer_size)
                 .await;
         if !found.is_empty() {
+            // What will be downloaded: the layers not mounted lazily.
+            report(Progress::Layers(
+                layers
+                    .iter()
+                    .filter(|l| !found.contains_key(&l.digest))
+                    .cloned()
+                    .collect(),
+            ));
             let image = ImageParts {
                 name: r.name(),
                 reference: reference.to_owned(),
@@ -201,6 +209,7 @@ pub async fn pull(
             return pull_lazily(store, client, image, found, settings.clone(), &opts).await;
         }
     }
+    report(Progress::Layers(layers.clone()));
     // Every layer downloads at once; each download is written to the content store and,
     // at the same time, unpacked into its own directory as it arrives.
     let gate = Arc::new(Semaphore::new(DOWNLOADS));

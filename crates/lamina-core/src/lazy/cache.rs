@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::fs::LayerData;
@@ -50,6 +50,9 @@ pub struct ChunkCache {
     fetched: Condvar,
     /// Held while the bitmap is saved.
     saving: Mutex<()>,
+    /// When a read last had to fetch (ms since `opened`): the background fill gives way.
+    demand_ms: AtomicU64,
+    opened: std::time::Instant,
     /// Where a read that had to fetch sends the next chunk, for [`Self::start_readahead`].
     readahead: Mutex<Option<std::sync::mpsc::SyncSender<u64>>>,
 }
@@ -104,6 +107,8 @@ impl ChunkCache {
             }),
             fetched: Condvar::new(),
             saving: Mutex::new(()),
+            demand_ms: AtomicU64::new(0),
+            opened: std::time::Instant::now(),
             readahead: Mutex::new(None),
         })
     }
@@ -321,6 +326,10 @@ impl ChunkCache {
         for c in offset / self.chunk..=last {
             fetched |= self.ensure(c)?;
         }
+        if fetched {
+            self.demand_ms
+                .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
         if fetched && last + 1 < self.chunks() {
             if let Some(tx) = &*self.readahead.lock().unwrap_or_else(|p| p.into_inner()) {
                 let _ = tx.try_send(last + 1); // busy: it is reading ahead already
@@ -331,11 +340,21 @@ impl ChunkCache {
     }
 
     /// Fetches every chunk still missing, in order, until done or `stop` is set: the
-    /// background fetch that completes a layer after its container started.
+    /// background fetch that completes a layer after its container started. It pauses
+    /// while reads are fetching (a container reading its files comes first).
     pub fn fill(&self, stop: &AtomicBool) -> std::io::Result<()> {
+        const QUIET_MS: u64 = 200;
         for c in 0..self.len.div_ceil(self.chunk) {
-            if stop.load(Ordering::Relaxed) {
-                break;
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return self.flush();
+                }
+                let now = self.opened.elapsed().as_millis() as u64;
+                let last = self.demand_ms.load(Ordering::Relaxed);
+                if last == 0 || now.saturating_sub(last) >= QUIET_MS {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(QUIET_MS / 4));
             }
             self.ensure(c)?;
         }

@@ -560,6 +560,30 @@ PY
   else bad "D: pull --no-lazy: ${d:-$(cat "$WORK/d/err")}"; fi
 else bad "D: laminad with the default config, lamina pull: $(cat "$WORK/d/err" 2>/dev/null)"; fi
 
+# --- E: a prefetch list is fetched right after the mount, before anything reads ------------
+# The biggest file of the gzip image (from A's full rootfs) is prefetched, the background
+# fill is off: without a single read, the layer holding it must have its bytes.
+config e "lazy_fill_delay_ms = 3600000"
+big=$(find "$WORK/a/rootfs-gzip" -xdev -type f -printf '%s %P\n' | sort -n | tail -1)
+big_size=${big%% *} big_path=${big#* }
+if [ -n "$big_path" ] && start e &&
+   L e -o json pull --lazy --lazy-min-size 0 --prefetch "$big_path" "${REF[gzip]}" > "$WORK/e/pull.json" 2>"$WORK/e/err"; then
+  t0=$(now); got=0
+  for _ in $(seq 100); do
+    L e -o json lazy > "$WORK/e/lazy.json" 2>/dev/null &&
+      got=$(py "$WORK/e/lazy.json" 'str(sum(r["fetched"] for r in j))')
+    [ "$got" -ge "$big_size" ] && break
+    sleep 0.2
+  done
+  if [ "$got" -ge "$big_size" ]; then
+    ok "E: --prefetch $big_path ($big_size B): $got B fetched $(elapsed "$t0" "$(now)") s after the pull, nothing read"
+  else bad "E: --prefetch $big_path ($big_size B): only $got B fetched after 20 s ($(cat "$WORK/e/lazy.json" 2>/dev/null | tr -d '\n' | head -c 300))"; fi
+  L e rootfs "${REF[gzip]}" "$WORK/e/rootfs" >/dev/null 2>"$WORK/e/err" &&
+    cmp -s "$WORK/a/rootfs-gzip/$big_path" "$WORK/e/rootfs/$big_path" &&
+    ok "E: the prefetched file reads equal to the full pull's" ||
+    bad "E: the prefetched file differs or does not read: $(cat "$WORK/e/err")"
+else bad "E: lamina pull --lazy --prefetch: ${big_path:-no file found in the gzip rootfs of A} $(cat "$WORK/e/err" 2>/dev/null)"; fi
+
 # --- cleanup: removing the snapshots unmounts the lazy layers, their servers exit ----------
 # remove_images NAME: every image of daemon NAME: rootfs unmounted and removed, the image
 # forgotten, its chain removed top down.
@@ -576,7 +600,7 @@ remove_images() {
   done
   return 0
 }
-for n in b c d; do
+for n in b c d e; do
   [ -n "${DPID[$n]:-}" ] || continue
   L "$n" -o json lazy > "$WORK/$n/lazy-final.json" 2>/dev/null
   pids=$(py "$WORK/$n/lazy-final.json" '" ".join(str(r["pid"]) for r in j)' 2>/dev/null)

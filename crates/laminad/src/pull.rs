@@ -175,17 +175,7 @@ pub async fn pull(
             f(p)
         }
     };
-    let layers: Vec<LayerRecord> = manifest
-        .layers()
-        .iter()
-        .zip(diff_ids)
-        .map(|(l, diff_id)| LayerRecord {
-            digest: l.digest().to_string(),
-            diff_id: diff_id.clone(),
-            size: l.size(),
-            media_type: l.media_type().to_string(),
-        })
-        .collect();
+    let layers = layer_records(&manifest, &config);
     if let Some(settings) = &opts.lazy {
         let found =
             crate::lazy::find_indexes(&client, &resolved.digest, &layers, settings.min_layer_size)
@@ -266,6 +256,21 @@ pub async fn pull(
         image: unpacked.map_err(to_status)?,
         lazy: Vec::new(),
     })
+}
+
+/// The layers of an image, bottom first: each manifest entry with its config's diffID.
+pub fn layer_records(manifest: &ImageManifest, config: &ImageConfiguration) -> Vec<LayerRecord> {
+    manifest
+        .layers()
+        .iter()
+        .zip(config.rootfs().diff_ids())
+        .map(|(l, diff_id)| LayerRecord {
+            digest: l.digest().to_string(),
+            diff_id: diff_id.clone(),
+            size: l.size(),
+            media_type: l.media_type().to_string(),
+        })
+        .collect()
 }
 
 /// An image being pulled, once its manifest and config are read.

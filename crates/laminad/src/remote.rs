@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use lamina_core::image::LayerRecord;
 use lamina_core::layer::{ApplyOptions, Digest};
 use lamina_core::{Labels, Snapshotter};
 use lamina_registry::{HostsConfig, Reference, RegistryClient};
@@ -133,17 +132,7 @@ impl RemoteFetcher {
             .await
             .map_err(|e| e.to_string())?;
         let config = ImageConfiguration::from_reader(&config[..]).map_err(|e| e.to_string())?;
-        let layers: Vec<LayerRecord> = manifest
-            .layers()
-            .iter()
-            .zip(config.rootfs().diff_ids())
-            .map(|(l, diff_id)| LayerRecord {
-                digest: l.digest().to_string(),
-                diff_id: diff_id.clone(),
-                size: l.size(),
-                media_type: l.media_type().to_string(),
-            })
-            .collect();
+        let layers = crate::pull::layer_records(&manifest, &config);
         Ok(
             crate::lazy::find_indexes(&client, &resolved.digest, &layers, settings.min_layer_size)
                 .await,

@@ -104,7 +104,7 @@ record "lazy pull" "${PIPESTATUS[0]}"
 
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"
-for backend in overlayfs native; do
+for backend in overlayfs native block; do
   step "containerd conformance suite, $backend backend, one daemon"
   if start_laminad "$backend" "conf-$backend"; then
     bash "$SHARED/conformance/run.sh" "$MNT/conf-$backend/lamina.sock" lamina 2>&1 | tail -25

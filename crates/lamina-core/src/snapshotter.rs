@@ -173,7 +173,29 @@ impl Snapshotter {
                 tracing::error!(id, path = %fs.display(), "snapshot record without its directory");
             }
         }
+        if config.backend == BackendKind::Block {
+            store.mount_layer_images()?;
+        }
         Ok(store)
+    }
+
+    /// Block backend: mounts every committed layer's EROFS image that is not mounted
+    /// (after a reboot, or a crash between a commit and its mount).
+    fn mount_layer_images(&self) -> Result<()> {
+        let mut committed = Vec::new();
+        self.meta.for_each(|_, rec| {
+            if rec.kind == Kind::Committed {
+                committed.push(rec.id);
+            }
+            true
+        })?;
+        for id in committed
+            .into_iter()
+            .filter(|id| self.backend.has_image(*id))
+        {
+            self.backend.activate_image(id)?;
+        }
+        Ok(())
     }
 
     /// The store's root directory.
@@ -320,6 +342,17 @@ impl Snapshotter {
                 "snapshot {key:?} is a {} snapshot: only active snapshots can be committed",
                 rec.kind
             )));
+        }
+        if self.backend_kind == BackendKind::Block {
+            // The image is built (and synced) before the record says committed; the tree
+            // gives way to the mounted image after. A crash in between is finished by
+            // `open` (a committed layer with its image is always mounted from it).
+            let usage = self.backend.build_image(rec.id)?;
+            if let Err(e) = self.meta.commit(key, name, labels, usage) {
+                let _ = std::fs::remove_file(self.backend.image_path(rec.id));
+                return Err(e);
+            }
+            return self.backend.activate_image(rec.id);
         }
         let usage = self.backend.usage(rec.id)?;
         self.meta.commit(key, name, labels, usage)?;
@@ -476,7 +509,7 @@ impl Snapshotter {
         let result = (|| {
             let rec = self.get(&key)?;
             match self.backend_kind {
-                BackendKind::Overlayfs => {
+                BackendKind::Overlayfs | BackendKind::Block => {
                     opts.whiteouts = WhiteoutStyle::Overlay;
                     opts.lowers = self
                         .meta
@@ -804,6 +837,24 @@ impl Snapshotter {
                 }
             }
         }
+        if self.backend_kind == BackendKind::Block {
+            // Every layer is complete (fix-ups above read the trees below): each becomes
+            // its image, mounted; a crash before the chain commits leaves directories
+            // that cleanup removes, mounts included.
+            for (k, &id) in ids.iter().enumerate() {
+                match self
+                    .backend
+                    .build_image(id)
+                    .and_then(|u| self.backend.activate_image(id).map(|()| u))
+                {
+                    Ok(usage) => usages[k] = usage,
+                    Err(e) => {
+                        discard_all(&ids);
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let started = std::time::Instant::now();
         if let Err(e) = crate::sys::syncfs(&self.root) {
             discard_all(&ids);
@@ -863,7 +914,7 @@ impl Snapshotter {
             .first()
             .map(|id| self.backend.fs_dir(*id));
         let source = match (self.backend_kind, rec.kind, &parent) {
-            (BackendKind::Overlayfs, _, _) => DiffSource::OverlayUpper(&own),
+            (BackendKind::Overlayfs | BackendKind::Block, _, _) => DiffSource::OverlayUpper(&own),
             // A native view is its parent, unchanged.
             (BackendKind::Native, Kind::View, Some(p)) => DiffSource::Trees {
                 lower: Some(p),

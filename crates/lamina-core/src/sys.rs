@@ -156,6 +156,35 @@ pub fn mount_fuse(target: &Path, source: &str) -> Result<std::os::fd::OwnedFd> {
     Ok(fd)
 }
 
+/// Mounts the EROFS image file `image` read-only on `target`, file-backed (no loop
+/// device to leak; Linux 6.12 or later built with EROFS_FS_BACKED_BY_FILE).
+pub fn mount_erofs(image: &Path, target: &Path) -> Result<()> {
+    rustix::mount::mount(
+        image,
+        target,
+        "erofs",
+        MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID,
+        None,
+    )
+    .map_err(|e| {
+        io_err(
+            if e == rustix::io::Errno::NOTBLK || e == rustix::io::Errno::INVAL {
+                "mount EROFS image (file-backed EROFS needs Linux >= 6.12 with EROFS_FS_BACKED_BY_FILE) on"
+            } else {
+                "mount EROFS image on"
+            },
+            target,
+            e,
+        )
+    })
+}
+
+/// Whether an EROFS file system is mounted at `path`.
+pub fn is_erofs(path: &Path) -> bool {
+    const EROFS_SUPER_MAGIC_V1: u64 = 0xE0F5_E1E2;
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as u64 == EROFS_SUPER_MAGIC_V1)
+}
+
 /// Unmounts `target` lazily: detaches it now, frees it when no longer busy.
 pub fn unmount_detach(target: &Path) -> Result<()> {
     rustix::mount::unmount(target, UnmountFlags::DETACH).map_err(|e| io_err("unmount", target, e))

@@ -301,3 +301,95 @@ fn a_mounted_layer_commits_only_once_it_is_filled() {
         "{refused:?}"
     );
 }
+
+/// The EROFS mounts below `dir`, from /proc/self/mounts.
+fn erofs_mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(2) == Some("erofs"))
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_owned))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+#[test]
+fn block_backend_keeps_committed_layers_as_mounted_erofs_images() {
+    require_root();
+    let t = tmp();
+    let root = t.path().join("root");
+    let s = open(t.path(), BackendKind::Block);
+    let mnt = t.path().join("mnt");
+    layer(&s, &mnt, "base", "", &[("a", "base"), ("b", "gone soon")]);
+    // A child layer deletes b (an overlay whiteout, kept in its image) and adds c.
+    let mounts = s.prepare("top-active", "base", Labels::new()).unwrap();
+    lamina_core::sys::mount_all(&mounts, &mnt).unwrap();
+    std::fs::remove_file(mnt.join("b")).unwrap();
+    std::fs::write(mnt.join("c"), "top").unwrap();
+    lamina_core::sys::unmount(&mnt).unwrap();
+    s.commit("top", "top-active", Labels::new()).unwrap();
+
+    let top_dir = s.snapshot_dir("top").unwrap();
+    let image = top_dir.join("layer.erofs");
+    assert!(
+        std::fs::metadata(&image).unwrap().len() > 0,
+        "the committed layer is an image file"
+    );
+    assert_eq!(
+        erofs_mounts_under(&root).len(),
+        2,
+        "each committed layer mounted from its image"
+    );
+    let u = s.usage("top").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        u.size,
+        std::fs::metadata(&image).unwrap().blocks() as i64 * 512
+    );
+    assert!(u.inodes >= 3, "{u:?}");
+
+    let view = |s: &Snapshotter| {
+        lamina_core::sys::mount_all(&s.view("look", "top", Labels::new()).unwrap(), &mnt).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let c = std::fs::read_to_string(mnt.join("c")).unwrap();
+        lamina_core::sys::unmount(&mnt).unwrap();
+        s.remove("look").unwrap();
+        (names, c)
+    };
+    assert_eq!(
+        view(&s),
+        (vec!["a".to_string(), "c".to_string()], "top".to_string())
+    );
+
+    // A reboot loses the mounts: the store mounts every image again when it opens.
+    s.close();
+    for m in erofs_mounts_under(&root) {
+        lamina_core::sys::unmount(Path::new(&m)).unwrap();
+    }
+    let s = open(t.path(), BackendKind::Block);
+    assert_eq!(erofs_mounts_under(&root).len(), 2);
+    assert_eq!(
+        view(&s),
+        (vec!["a".to_string(), "c".to_string()], "top".to_string())
+    );
+
+    // Hard-link merges cannot link across images: refused, nothing made.
+    let refused = s.diff_snapshot("d", "base", "top", Labels::new());
+    assert!(
+        matches!(refused, Err(Error::FailedPrecondition(_))),
+        "{refused:?}"
+    );
+
+    // Removing everything leaves no mount, image or directory.
+    s.remove("top").unwrap();
+    s.remove("base").unwrap();
+    assert!(erofs_mounts_under(&root).is_empty());
+    assert_eq!(
+        std::fs::read_dir(root.join("snapshots")).unwrap().count(),
+        0
+    );
+}

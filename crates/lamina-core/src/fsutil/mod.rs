@@ -33,3 +33,19 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         Err(e) => Err(Error::io("remove", path, e)),
     }
 }
+
+/// Removes everything inside directory `dir`, keeping `dir` itself (and its attributes).
+pub fn empty_dir(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))? {
+        let path = entry
+            .map_err(|e| Error::io("read directory", dir, e))?
+            .path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => remove_tree(&path)?,
+            Ok(_) => std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        }
+    }
+    Ok(())
+}

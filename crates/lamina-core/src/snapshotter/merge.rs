@@ -107,7 +107,7 @@ impl Snapshotter {
     fn tree_of(&self, name: &str, rec: &Record) -> Result<LayeredTree> {
         let layer_form = self.meta.extra(name)?.is_some_and(|e| e.layer_form);
         Ok(match self.backend_kind {
-            BackendKind::Overlayfs => LayeredTree::overlay(
+            BackendKind::Overlayfs | BackendKind::Block => LayeredTree::overlay(
                 self.meta
                     .chain(name)?
                     .into_iter()
@@ -130,7 +130,7 @@ impl Snapshotter {
         };
         let extra = self.meta.extra(&spec.upper)?.unwrap_or_default();
         let own_layer = match self.backend_kind {
-            BackendKind::Overlayfs => true,
+            BackendKind::Overlayfs | BackendKind::Block => true,
             BackendKind::Native => extra.layer_form,
         };
         if own_layer && extra.stack.is_empty() && upper.parent == spec.lower {
@@ -166,7 +166,7 @@ impl Snapshotter {
             })
             .collect();
         let distinct: HashSet<u64> = layer_ids.iter().copied().collect();
-        let stack = self.backend_kind == BackendKind::Overlayfs
+        let stack = self.backend_kind.stacks_layers()
             && layer_ids.len() == plans.len()
             && distinct.len() == layer_ids.len()
             && layer_ids.len() <= MAX_STACK;
@@ -252,6 +252,15 @@ impl Snapshotter {
         target: Option<Target>,
         extra: Extra,
     ) -> Result<MergeReport> {
+        if target.is_some() && self.backend_kind == BackendKind::Block {
+            // A materialised tree is made of hard links to the sources' files, and the
+            // block backend's layers live in separate read-only EROFS images.
+            return Err(Error::FailedPrecondition(
+                "the block backend merges only by stacking layers (each diff one layer over \
+                 its parent); hard-link merges and diff snapshots need the overlayfs backend"
+                    .into(),
+            ));
+        }
         let guard = self.allocate_id();
         let id = guard.id;
         let fs = self.backend.fs_dir(id);

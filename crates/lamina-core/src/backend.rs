@@ -159,6 +159,11 @@ impl Backend {
                 let mut options = vec!["index=off".to_string()];
                 if kind == Kind::View {
                     options.push("ro".into());
+                } else if self.has_writable_image(id) {
+                    // overlayfs wants upper and work under one mount: the image's.
+                    let rw = self.snapshot_dir(id).join(RW_DIR);
+                    options.push(format!("workdir={}", path(&rw.join("work"))));
+                    options.push(format!("upperdir={}", path(&rw.join("upper"))));
                 } else {
                     options.push(format!("workdir={}", path(&self.work_dir(id))));
                     options.push(format!("upperdir={}", path(&self.fs_dir(id))));
@@ -241,9 +246,101 @@ impl Backend {
         if sys::is_erofs(&fs) {
             return Ok(());
         }
+        self.release_writable_image(id)?;
         fsutil::empty_dir(&fs)?;
         fsutil::remove_tree(&self.work_dir(id))?;
         sys::mount_erofs(&self.image_path(id), &fs)
+    }
+
+    /// Block backend: gives writable snapshot `id` (just created) an ext4 image of
+    /// `bytes` (sparse) holding its upper and work directories, so it cannot write more:
+    /// the image is mounted at `rw` (the overlay's upper and work dirs are in it), and its
+    /// `upper` bind-mounted on `fs`, where everything else reads a snapshot's own tree.
+    pub fn create_writable_image(&self, id: u64, bytes: u64) -> Result<()> {
+        // Below this ext4 has no room for its own metadata and a journal.
+        const SMALLEST: u64 = 8 << 20;
+        if bytes < SMALLEST {
+            return Err(Error::InvalidArgument(format!(
+                "a writable layer quota of {bytes} bytes is below the smallest, {SMALLEST}"
+            )));
+        }
+        let image = self.snapshot_dir(id).join(RW_IMAGE);
+        let file = std::fs::File::create(&image).ctx("create", &image)?;
+        file.set_len(bytes).ctx("size", &image)?;
+        drop(file);
+        // mkfs.ext4 (e2fsprogs) rather than a hand-written ext4: it is the reference.
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-E", "nodiscard,root_owner=0:0"])
+            .arg(&image)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::io(
+                    "run mkfs.ext4 (e2fsprogs) for",
+                    &image,
+                    std::io::Error::new(e.kind(), format!("{e}: is e2fsprogs installed?")),
+                )
+            })?;
+        if !out.status.success() {
+            return Err(Error::FailedPrecondition(format!(
+                "mkfs.ext4 of {} failed ({}): {}",
+                image.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let rw = self.snapshot_dir(id).join(RW_DIR);
+        std::fs::create_dir(&rw).ctx("mkdir", &rw)?;
+        sys::mount_ext4_image(&image, &rw)?;
+        let (upper, work) = (rw.join("upper"), rw.join("work"));
+        std::fs::create_dir(&upper).ctx("mkdir", &upper)?;
+        std::fs::create_dir(&work).ctx("mkdir", &work)?;
+        // The upper directory is the snapshot's root: it keeps what `create` gave `fs`.
+        let fs = self.fs_dir(id);
+        let meta = std::fs::metadata(&fs).ctx("stat", &fs)?;
+        sys::lchown(&upper, meta.uid(), meta.gid())?;
+        std::fs::set_permissions(
+            &upper,
+            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+        )
+        .ctx("chmod", &upper)?;
+        sys::bind_mount(&upper, &fs)
+    }
+
+    /// Block backend: whether snapshot `id` keeps its writable layer in an ext4 image.
+    fn has_writable_image(&self, id: u64) -> bool {
+        self.snapshot_dir(id).join(RW_IMAGE).is_file()
+    }
+
+    /// Block backend: mounts the ext4 image of writable snapshot `id`, if it has one and
+    /// it is not mounted (after a reboot).
+    pub fn mount_writable_image(&self, id: u64) -> Result<()> {
+        let dir = self.snapshot_dir(id);
+        let (image, rw) = (dir.join(RW_IMAGE), dir.join(RW_DIR));
+        if !image.is_file() || !sys::mount_points_under(&rw)?.is_empty() {
+            return Ok(());
+        }
+        sys::mount_ext4_image(&image, &rw)?;
+        sys::bind_mount(&rw.join("upper"), &self.fs_dir(id))
+    }
+
+    /// Block backend: takes the ext4 image of snapshot `id` away (once its tree was
+    /// committed into a layer image): its mounts detached (the loop device clears
+    /// itself), the image deleted.
+    fn release_writable_image(&self, id: u64) -> Result<()> {
+        let dir = self.snapshot_dir(id);
+        let image = dir.join(RW_IMAGE);
+        if !image.exists() {
+            return Ok(());
+        }
+        for path in [self.fs_dir(id), dir.join(RW_DIR)] {
+            // Binds and the image mount, each once; stacked leftovers go too.
+            while !sys::mount_points_under(&path)?.is_empty() {
+                sys::unmount_detach(&path)?;
+            }
+        }
+        fsutil::remove_tree(&dir.join(RW_DIR))?;
+        std::fs::remove_file(&image).ctx("remove", &image)
     }
 
     /// Block backend: whether committed layer `id` has its image.
@@ -254,3 +351,7 @@ impl Backend {
 
 /// The EROFS image of a committed layer (block backend), in its snapshot directory.
 const IMAGE_FILE: &str = "layer.erofs";
+/// The ext4 image holding a writable layer with a quota (block backend).
+const RW_IMAGE: &str = "rw.img";
+/// Where that image is mounted.
+const RW_DIR: &str = "rw";

@@ -34,7 +34,15 @@ pub struct StoreConfig {
     pub backend: BackendKind,
     /// Limits every layer applied in this store must keep.
     pub layer_limits: LayerLimits,
+    /// Block backend: the size of every writable layer's ext4 image (a hard quota), unless
+    /// a Prepare's [`QUOTA_LABEL`] says otherwise; `None`: writable layers are plain
+    /// directories unless the label asks for a quota.
+    pub writable_quota: Option<u64>,
 }
+
+/// The Prepare label that gives a writable layer (block backend) its own ext4 image of
+/// this size, e.g. `512M`, `2G` or a number of bytes: writes past it fail with ENOSPC.
+pub const QUOTA_LABEL: &str = "containerd.io/snapshot/lamina.quota";
 
 impl StoreConfig {
     /// A store at `root` with `backend` and the default layer limits.
@@ -43,8 +51,29 @@ impl StoreConfig {
             root: root.into(),
             backend,
             layer_limits: LayerLimits::default(),
+            writable_quota: None,
         }
     }
+}
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024, an optional
+/// trailing `i`/`iB`/`B`).
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let bad =
+        || Error::InvalidArgument(format!("size {text:?}: expected e.g. 512M, 2G or 1048576"));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim_end_matches(['B', 'b']).trim_end_matches('i') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
 /// Bounds on what one layer may expand to, against decompression bombs and layers
@@ -100,6 +129,8 @@ pub struct Snapshotter {
     meta: MetaStore,
     content: crate::content::ContentStore,
     next_id: AtomicU64,
+    /// Block backend: default size of a writable layer's ext4 image.
+    writable_quota: Option<u64>,
     /// Ids whose directory exists but whose record may not be committed yet;
     /// cleanup must leave them alone.
     inflight: Mutex<HashSet<u64>>,
@@ -157,6 +188,7 @@ impl Snapshotter {
             meta,
             content,
             next_id: AtomicU64::new(max + 1),
+            writable_quota: config.writable_quota,
             inflight: Mutex::new(HashSet::new()),
             _lock: lock_,
         };
@@ -180,12 +212,16 @@ impl Snapshotter {
     }
 
     /// Block backend: mounts every committed layer's EROFS image that is not mounted
-    /// (after a reboot, or a crash between a commit and its mount).
+    /// (after a reboot, or a crash between a commit and its mount), and every writable
+    /// layer's ext4 image.
     fn mount_layer_images(&self) -> Result<()> {
         let mut committed = Vec::new();
+        let mut writable = Vec::new();
         self.meta.for_each(|_, rec| {
-            if rec.kind == Kind::Committed {
-                committed.push(rec.id);
+            match rec.kind {
+                Kind::Committed => committed.push(rec.id),
+                Kind::Active => writable.push(rec.id),
+                Kind::View => {}
             }
             true
         })?;
@@ -194,6 +230,9 @@ impl Snapshotter {
             .filter(|id| self.backend.has_image(*id))
         {
             self.backend.activate_image(id)?;
+        }
+        for id in writable {
+            self.backend.mount_writable_image(id)?;
         }
         Ok(())
     }
@@ -277,9 +316,27 @@ impl Snapshotter {
                 Some(_) => self.meta.chain(parent)?,
             }
         };
+        let quota = match labels.get(QUOTA_LABEL) {
+            Some(size) => Some(parse_size(size)?),
+            None => self.writable_quota,
+        }
+        .filter(|_| kind == Kind::Active);
+        if quota.is_some() && self.backend_kind != BackendKind::Block {
+            return Err(Error::InvalidArgument(format!(
+                "{QUOTA_LABEL}: writable-layer quotas need the block backend (this store is {})",
+                self.backend_kind
+            )));
+        }
         let guard = self.allocate_id();
         let id = guard.id;
-        if let Err(e) = self.backend.create(id, kind, &chain) {
+        let created = self
+            .backend
+            .create(id, kind, &chain)
+            .and_then(|()| match quota {
+                Some(bytes) => self.backend.create_writable_image(id, bytes),
+                None => Ok(()),
+            });
+        if let Err(e) = created {
             self.discard(id);
             return Err(e);
         }

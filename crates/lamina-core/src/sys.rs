@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Mode, Timestamps, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, CWD};
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
 };
@@ -177,6 +177,115 @@ pub fn mount_erofs(image: &Path, target: &Path) -> Result<()> {
             e,
         )
     })
+}
+
+/// The kernel's `struct loop_info64` (linux/loop.h); the libc crate does not define the
+/// loop device ABI, so it is written out here.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// The kernel's `struct loop_config` (linux/loop.h), for LOOP_CONFIGURE.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Mounts the ext4 image file `image` read-write on `target` through a loop device that
+/// detaches itself when the mount goes away (LO_FLAGS_AUTOCLEAR), so no loop device
+/// outlives its mount.
+pub fn mount_ext4_image(image: &Path, target: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+    const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    let ctl_path = Path::new("/dev/loop-control");
+    let ctl = rustix::fs::open(ctl_path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io_err("open", ctl_path, e))?;
+    let backing = rustix::fs::open(image, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io_err("open", image, e))?;
+    // Another process may take the free device between asking and configuring it.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and only returns a device number;
+        // the descriptor is a valid open /dev/loop-control.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(Error::io(
+                "find a free loop device via",
+                ctl_path,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let dev = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let loopdev = rustix::fs::open(&dev, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| io_err("open", &dev, e))?;
+        let config = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                device: 0,
+                inode: 0,
+                rdevice: 0,
+                offset: 0,
+                sizelimit: 0,
+                number: 0,
+                encrypt_type: 0,
+                encrypt_key_size: 0,
+                flags: LO_FLAGS_AUTOCLEAR,
+                file_name: [0; 64],
+                crypt_name: [0; 64],
+                encrypt_key: [0; 32],
+                init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads one `struct loop_config`, which `config` is
+        // (same layout, repr(C)), valid for the duration of the call; both descriptors
+        // are open.
+        let rc = unsafe { libc::ioctl(loopdev.as_raw_fd(), LOOP_CONFIGURE, &config) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                continue;
+            }
+            return Err(Error::io("attach a loop device to", image, e));
+        }
+        // The loop device clears itself once the mount (the last user) lets go of it,
+        // or as soon as `loopdev` is closed if the mount fails.
+        return rustix::mount::mount(
+            &dev,
+            target,
+            "ext4",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            None,
+        )
+        .map_err(|e| io_err("mount ext4 image on", target, e));
+    }
+    Err(Error::FailedPrecondition(format!(
+        "no free loop device for {} after 16 tries",
+        image.display()
+    )))
+}
+
+/// Bind-mounts directory `source` on `target`.
+pub fn bind_mount(source: &Path, target: &Path) -> Result<()> {
+    rustix::mount::mount_bind(source, target).map_err(|e| io_err("bind mount onto", target, e))
 }
 
 /// Whether an EROFS file system is mounted at `path`.

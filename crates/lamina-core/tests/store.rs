@@ -393,3 +393,104 @@ fn block_backend_keeps_committed_layers_as_mounted_erofs_images() {
         0
     );
 }
+
+/// Loop devices whose backing file lies below `dir`.
+fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap() {
+        let p = e.unwrap().path().join("loop/backing_file");
+        if let Ok(f) = std::fs::read_to_string(&p) {
+            if Path::new(f.trim().trim_end_matches(" (deleted)")).starts_with(dir) {
+                out.push(f.trim().to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn block_backend_writable_layer_quota_gives_enospc_and_leaves_nothing() {
+    require_root();
+    let t = tmp();
+    let root = t.path().join("root");
+    let s = open(t.path(), BackendKind::Block);
+    let mnt = t.path().join("mnt");
+    layer(&s, &mnt, "base", "", &[("a", "base")]);
+    let labels = Labels::from([(lamina_core::QUOTA_LABEL.to_string(), "16M".to_string())]);
+    let mounts = s.prepare("work", "base", labels).unwrap();
+    assert_eq!(
+        loop_devices_under(&root).len(),
+        1,
+        "one loop device for the image"
+    );
+    lamina_core::sys::mount_all(&mounts, &mnt).unwrap();
+    std::fs::write(mnt.join("small"), "fits").unwrap();
+    // Writing past the quota fails with ENOSPC, inside the layer only.
+    let big = vec![7u8; 1 << 20];
+    let mut f = std::fs::File::create(mnt.join("big")).unwrap();
+    let err = (0..32)
+        .try_for_each(|_| std::io::Write::write_all(&mut f, &big).and_then(|()| f.sync_data()))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    std::fs::remove_file(mnt.join("big")).unwrap();
+    lamina_core::sys::unmount(&mnt).unwrap();
+
+    // A reboot: every mount gone; opening the store mounts the writable image again.
+    s.close();
+    for m in lamina_core::sys::mount_points_under(&root).unwrap() {
+        lamina_core::sys::unmount_detach(&m).unwrap();
+    }
+    let s = open(t.path(), BackendKind::Block);
+    lamina_core::sys::mount_all(&s.mounts("work").unwrap(), &mnt).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("small")).unwrap(), "fits");
+    assert_eq!(std::fs::read_to_string(mnt.join("a")).unwrap(), "base");
+    lamina_core::sys::unmount(&mnt).unwrap();
+
+    // Commit: the writable image gives way to a layer image.
+    s.commit("done", "work", Labels::new()).unwrap();
+    let dir = s.snapshot_dir("done").unwrap();
+    assert!(dir.join("layer.erofs").is_file());
+    assert!(!dir.join("rw.img").exists());
+    // The loop device clears itself once its last mount is gone (asynchronously).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !loop_devices_under(&root).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        loop_devices_under(&root).is_empty(),
+        "{:?}",
+        loop_devices_under(&root)
+    );
+
+    // A quota on another backend, or an unreadable size, is refused.
+    let bad = s.prepare(
+        "x",
+        "base",
+        Labels::from([(lamina_core::QUOTA_LABEL.to_string(), "lots".to_string())]),
+    );
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+
+    // Removed with a quota'd child still prepared: nothing of Lamina's is left.
+    s.prepare(
+        "w2",
+        "done",
+        Labels::from([(lamina_core::QUOTA_LABEL.to_string(), "8M".to_string())]),
+    )
+    .unwrap();
+    for key in ["w2", "done", "base"] {
+        s.remove(key).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !loop_devices_under(&root).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(loop_devices_under(&root).is_empty());
+    assert!(lamina_core::sys::mount_points_under(&root)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        std::fs::read_dir(root.join("snapshots")).unwrap().count(),
+        0
+    );
+}

@@ -49,6 +49,10 @@ pub struct Config {
     pub lazy_read_attempts: u32,
     /// How long after mounting a lazy layer its background fetch starts, in milliseconds.
     pub lazy_fill_delay_ms: u64,
+    /// Block backend: every writable layer is an ext4 image of this size (a hard quota,
+    /// e.g. "10G"), unless a Prepare's `containerd.io/snapshot/lamina.quota` label says
+    /// otherwise; empty: plain directories unless the label asks.
+    pub writable_quota: String,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
             lazy_read_timeout_ms: 5000,
             lazy_read_attempts: 3,
             lazy_fill_delay_ms: 2000,
+            writable_quota: String::new(),
         }
     }
 }
@@ -92,7 +97,20 @@ impl Config {
         let cfg: Config = toml::from_str(text)?;
         cfg.backend()?;
         cfg.socket_mode()?;
+        cfg.writable_quota()?;
         Ok(cfg)
+    }
+
+    /// The writable-layer quota, parsed; `None` when not set.
+    pub fn writable_quota(&self) -> anyhow::Result<Option<u64>> {
+        if self.writable_quota.trim().is_empty() {
+            return Ok(None);
+        }
+        let bytes = lamina_core::parse_size(&self.writable_quota).context("writable_quota")?;
+        if self.backend()? != BackendKind::Block {
+            bail!("writable_quota needs backend = \"block\"");
+        }
+        Ok(Some(bytes))
     }
 
     /// The backend, parsed.
@@ -149,5 +167,12 @@ mod tests {
         assert!(Config::parse("socket_mode = \"0999\"").is_err());
         assert!(Config::parse("socket_mode = \"7777\"").is_err());
         assert!(Config::parse("rooot = \"/x\"").is_err());
+        assert!(
+            Config::parse("writable_quota = \"1G\"").is_err(),
+            "needs the block backend"
+        );
+        let c = Config::parse("backend = \"block\"\nwritable_quota = \"1G\"").unwrap();
+        assert_eq!(c.writable_quota().unwrap(), Some(1 << 30));
+        assert!(Config::parse("backend = \"block\"\nwritable_quota = \"big\"").is_err());
     }
 }

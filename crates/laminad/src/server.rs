@@ -44,6 +44,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             max_uncompressed_bytes: cfg.max_layer_bytes,
             max_entries: cfg.max_layer_entries,
         },
+        writable_quota: cfg.writable_quota()?,
         ..StoreConfig::new(cfg.root.clone(), backend)
     })
     .with_context(|| format!("opening store at {}", cfg.root.display()))?;

@@ -102,6 +102,10 @@ step "lazy pull: layers mounted from the registry on demand (equal to a full pul
 bash "$HERE/scripts/tests/lazy_pull.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/lazy-pull" 2>&1
 record "lazy pull" "${PIPESTATUS[0]}"
 
+step "block backend: same trees as overlayfs, EROFS layer images, writable-layer quota (ENOSPC), nothing left after removal"
+bash "$HERE/scripts/tests/block_mode.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/block-mode" 2>&1
+record "block mode" "${PIPESTATUS[0]}"
+
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"
 for backend in overlayfs native block; do

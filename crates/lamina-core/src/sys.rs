@@ -156,27 +156,25 @@ pub fn mount_fuse(target: &Path, source: &str) -> Result<std::os::fd::OwnedFd> {
     Ok(fd)
 }
 
-/// Mounts the EROFS image file `image` read-only on `target`, file-backed (no loop
-/// device to leak; Linux 6.12 or later built with EROFS_FS_BACKED_BY_FILE).
+/// Mounts the EROFS image file `image` read-only on `target`: file-backed where the
+/// kernel can (Linux 6.12 or later built with EROFS_FS_BACKED_BY_FILE, and an image on a
+/// file system that supports it; no loop device to leak), else through a self-clearing
+/// read-only loop device.
 pub fn mount_erofs(image: &Path, target: &Path) -> Result<()> {
-    rustix::mount::mount(
+    match rustix::mount::mount(
         image,
         target,
         "erofs",
         MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID,
         None,
-    )
-    .map_err(|e| {
-        io_err(
-            if e == rustix::io::Errno::NOTBLK || e == rustix::io::Errno::INVAL {
-                "mount EROFS image (file-backed EROFS needs Linux >= 6.12 with EROFS_FS_BACKED_BY_FILE) on"
-            } else {
-                "mount EROFS image on"
-            },
-            target,
-            e,
-        )
-    })
+    ) {
+        Ok(()) => Ok(()),
+        // Not possible file-backed here (an older kernel, or an image on tmpfs).
+        Err(rustix::io::Errno::NOTBLK | rustix::io::Errno::INVAL) => {
+            mount_through_loop(image, target, "erofs", true)
+        }
+        Err(e) => Err(io_err("mount EROFS image on", target, e)),
+    }
 }
 
 /// The kernel's `struct loop_info64` (linux/loop.h); the libc crate does not define the
@@ -211,14 +209,34 @@ struct LoopConfig {
 /// detaches itself when the mount goes away (LO_FLAGS_AUTOCLEAR), so no loop device
 /// outlives its mount.
 pub fn mount_ext4_image(image: &Path, target: &Path) -> Result<()> {
+    mount_through_loop(image, target, "ext4", false)
+}
+
+/// Mounts file system `fstype` from image file `image` on `target` through a
+/// self-clearing loop device, read-only or not.
+fn mount_through_loop(image: &Path, target: &Path, fstype: &str, read_only: bool) -> Result<()> {
     use std::os::fd::AsRawFd;
     const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
     const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+    const LO_FLAGS_READ_ONLY: u32 = 1;
     const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    let (access, flags, mount_flags) = if read_only {
+        (
+            OFlags::RDONLY,
+            LO_FLAGS_AUTOCLEAR | LO_FLAGS_READ_ONLY,
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        )
+    } else {
+        (
+            OFlags::RDWR,
+            LO_FLAGS_AUTOCLEAR,
+            MountFlags::NOSUID | MountFlags::NODEV,
+        )
+    };
     let ctl_path = Path::new("/dev/loop-control");
     let ctl = rustix::fs::open(ctl_path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| io_err("open", ctl_path, e))?;
-    let backing = rustix::fs::open(image, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+    let backing = rustix::fs::open(image, access | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| io_err("open", image, e))?;
     // Another process may take the free device between asking and configuring it.
     for _ in 0..16 {
@@ -247,7 +265,7 @@ pub fn mount_ext4_image(image: &Path, target: &Path) -> Result<()> {
                 number: 0,
                 encrypt_type: 0,
                 encrypt_key_size: 0,
-                flags: LO_FLAGS_AUTOCLEAR,
+                flags,
                 file_name: [0; 64],
                 crypt_name: [0; 64],
                 encrypt_key: [0; 32],
@@ -268,14 +286,8 @@ pub fn mount_ext4_image(image: &Path, target: &Path) -> Result<()> {
         }
         // The loop device clears itself once the mount (the last user) lets go of it,
         // or as soon as `loopdev` is closed if the mount fails.
-        return rustix::mount::mount(
-            &dev,
-            target,
-            "ext4",
-            MountFlags::NOSUID | MountFlags::NODEV,
-            None,
-        )
-        .map_err(|e| io_err("mount ext4 image on", target, e));
+        return rustix::mount::mount(&dev, target, fstype, mount_flags, None)
+            .map_err(|e| io_err("mount image (through a loop device) on", target, e));
     }
     Err(Error::FailedPrecondition(format!(
         "no free loop device for {} after 16 tries",

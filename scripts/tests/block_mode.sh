@@ -7,7 +7,8 @@
 #     every committed layer of the block store is one EROFS image, mounted.
 #  2. Quota: a writable snapshot prepared with `containerd.io/snapshot/lamina.quota=16M`
 #     takes small writes, fails a 64 MB write with ENOSPC ("No space left on device"), and
-#     the host file system is untouched (its free space barely moves).
+#     the host file system is untouched (its free space barely moves). The same per
+#     snapshot in an overlayfs store; its commit becomes one EROFS layer image.
 #  3. After removing every snapshot, `lamina snapshot cleanup`, and a laminad restart:
 #     no loop device, mount, image file or snapshot directory of Lamina's is left.
 # Usage: block_mode.sh LAMINAD LAMINA WORKDIR   (as root; needs ../shared)
@@ -84,11 +85,19 @@ if L block snapshot prepare quota "$top" --label containerd.io/snapshot/lamina.q
   rm -f "$WORK/q/big"
   L block snapshot umount "$WORK/q" 2>/dev/null || umount "$WORK/q"
 else bad "quota: prepare with a 16M quota: $(cat "$WORK/block/err")"; fi
-if L block snapshot prepare q2 "$top" --label containerd.io/snapshot/lamina.quota=16M >/dev/null 2>&1 &&
-   ! L overlay snapshot prepare q3 "$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); j=j[0] if isinstance(j,list) else j; print(j["chain_ids"][-1])' "$WORK/overlay/import-small-gzip.json")" \
-     --label containerd.io/snapshot/lamina.quota=16M >/dev/null 2>"$WORK/overlay/err"; then
-  ok "quota: refused on the overlayfs backend ($(cut -c1-100 "$WORK/overlay/err"))"
-else bad "quota: the overlayfs backend accepted a quota label, or a second quota'd prepare failed"; fi
+# Per snapshot in an overlayfs store: a quota'd writable layer, committed into an image.
+otop=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); j=j[0] if isinstance(j,list) else j; print(j["chain_ids"][-1])' "$WORK/overlay/import-small-gzip.json")
+mkdir -p "$WORK/oq"
+if L overlay snapshot prepare oq "$otop" --label containerd.io/snapshot/lamina.quota=16M --target "$WORK/oq" >/dev/null 2>"$WORK/overlay/err"; then
+  err=$(dd if=/dev/zero of="$WORK/oq/big" bs=1M count=64 conv=fsync 2>&1)
+  rm -f "$WORK/oq/big"; echo kept > "$WORK/oq/kept"
+  L overlay snapshot umount "$WORK/oq" 2>/dev/null || umount "$WORK/oq"
+  if grep -q "No space left on device" <<<"$err" && L overlay snapshot commit oq-done oq >/dev/null 2>"$WORK/overlay/err" &&
+     [ "$(find "$WORK/overlay/root/snapshots" -maxdepth 2 -name layer.erofs | wc -l)" -eq 1 ] &&
+     [ "$(find "$WORK/overlay/root/snapshots" -maxdepth 2 -name rw.img | wc -l)" -eq 0 ]; then
+    ok "overlayfs store, per snapshot: a 16M quota label gives ENOSPC; the commit turns the quota image into one EROFS layer image"
+  else bad "overlayfs store, per snapshot quota: ${err:-} $(cat "$WORK/overlay/err")"; fi
+else bad "overlayfs store: prepare with a quota label: $(cat "$WORK/overlay/err")"; fi
 
 # --- 3. nothing left after Remove + Cleanup + restart ------------------------------------
 for dir in $(grep -F " $WORK/block/rootfs" /proc/self/mounts | awk '{print $2}'); do umount "$dir"; done

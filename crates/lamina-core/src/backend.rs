@@ -307,8 +307,8 @@ impl Backend {
         sys::bind_mount(&upper, &fs)
     }
 
-    /// Block backend: whether snapshot `id` keeps its writable layer in an ext4 image.
-    fn has_writable_image(&self, id: u64) -> bool {
+    /// Whether snapshot `id` keeps its writable layer in an ext4 image (a quota).
+    pub fn has_writable_image(&self, id: u64) -> bool {
         self.snapshot_dir(id).join(RW_IMAGE).is_file()
     }
 

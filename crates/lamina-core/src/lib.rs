@@ -27,5 +27,5 @@ pub use filter::Filter;
 pub use model::{Info, Kind, Labels, Mount, Usage};
 pub use snapshotter::{
     chain_ids, parse_size, CleanupReport, DiffSpec, LayerIndexInfo, LayerLimits, LayerSource,
-    MergeMethod, MergeReport, Snapshotter, StoreConfig, QUOTA_LABEL,
+    MergeMethod, MergeReport, Snapshotter, StoreConfig, BLOCK_LABEL, QUOTA_LABEL,
 };

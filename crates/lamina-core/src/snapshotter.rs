@@ -44,6 +44,10 @@ pub struct StoreConfig {
 /// this size, e.g. `512M`, `2G` or a number of bytes: writes past it fail with ENOSPC.
 pub const QUOTA_LABEL: &str = "containerd.io/snapshot/lamina.quota";
 
+/// The label (value `true`, on the Prepare or the Commit) that makes a committed layer
+/// one read-only EROFS image in an overlayfs store too, as every layer of a block store is.
+pub const BLOCK_LABEL: &str = "containerd.io/snapshot/lamina.block";
+
 impl StoreConfig {
     /// A store at `root` with `backend` and the default layer limits.
     pub fn new(root: impl Into<PathBuf>, backend: BackendKind) -> Self {
@@ -205,7 +209,7 @@ impl Snapshotter {
                 tracing::error!(id, path = %fs.display(), "snapshot record without its directory");
             }
         }
-        if config.backend == BackendKind::Block {
+        if config.backend.stacks_layers() {
             store.mount_layer_images()?;
         }
         Ok(store)
@@ -321,9 +325,9 @@ impl Snapshotter {
             None => self.writable_quota,
         }
         .filter(|_| kind == Kind::Active);
-        if quota.is_some() && self.backend_kind != BackendKind::Block {
+        if quota.is_some() && !self.backend_kind.stacks_layers() {
             return Err(Error::InvalidArgument(format!(
-                "{QUOTA_LABEL}: writable-layer quotas need the block backend (this store is {})",
+                "{QUOTA_LABEL}: writable-layer quotas need the overlayfs or block backend (this store is {})",
                 self.backend_kind
             )));
         }
@@ -400,7 +404,15 @@ impl Snapshotter {
                 rec.kind
             )));
         }
-        if self.backend_kind == BackendKind::Block {
+        // Sealed into an EROFS image: every layer of a block store, a snapshot labelled
+        // so in any stacking store, and one whose tree lives in a quota image (which goes).
+        let seal = self.backend_kind == BackendKind::Block
+            || [labels.get(BLOCK_LABEL), rec.labels.get(BLOCK_LABEL)]
+                .into_iter()
+                .flatten()
+                .any(|v| v == "true")
+            || self.backend.has_writable_image(rec.id);
+        if seal {
             // The image is built (and synced) before the record says committed; the tree
             // gives way to the mounted image after. A crash in between is finished by
             // `open` (a committed layer with its image is always mounted from it).

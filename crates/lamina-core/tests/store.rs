@@ -494,3 +494,52 @@ fn block_backend_writable_layer_quota_gives_enospc_and_leaves_nothing() {
         0
     );
 }
+
+#[test]
+fn an_overlayfs_store_seals_labelled_layers_into_images() {
+    require_root();
+    let t = tmp();
+    let root = t.path().join("root");
+    let s = open(t.path(), BackendKind::Overlayfs);
+    let mnt = t.path().join("mnt");
+    layer(&s, &mnt, "plain", "", &[("a", "plain")]);
+    assert!(
+        erofs_mounts_under(&root).is_empty(),
+        "unlabelled layers stay directories"
+    );
+    let labels = Labels::from([(lamina_core::BLOCK_LABEL.to_string(), "true".to_string())]);
+    let mounts = s.prepare("sealed-active", "plain", labels).unwrap();
+    lamina_core::sys::mount_all(&mounts, &mnt).unwrap();
+    std::fs::write(mnt.join("b"), "sealed").unwrap();
+    lamina_core::sys::unmount(&mnt).unwrap();
+    s.commit("sealed", "sealed-active", Labels::new()).unwrap();
+    assert!(s
+        .snapshot_dir("sealed")
+        .unwrap()
+        .join("layer.erofs")
+        .is_file());
+    assert_eq!(erofs_mounts_under(&root).len(), 1);
+    lamina_core::sys::mount_all(&s.view("v", "sealed", Labels::new()).unwrap(), &mnt).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("a")).unwrap(), "plain");
+    assert_eq!(std::fs::read_to_string(mnt.join("b")).unwrap(), "sealed");
+    lamina_core::sys::unmount(&mnt).unwrap();
+    for key in ["v", "sealed", "plain"] {
+        s.remove(key).unwrap();
+    }
+    assert!(erofs_mounts_under(&root).is_empty());
+    // The native backend has no layers to stack: quotas are refused there.
+    let n = Snapshotter::open(StoreConfig::new(
+        t.path().join("native"),
+        BackendKind::Native,
+    ))
+    .unwrap();
+    let refused = n.prepare(
+        "q",
+        "",
+        Labels::from([(lamina_core::QUOTA_LABEL.to_string(), "16M".to_string())]),
+    );
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+}

@@ -9,6 +9,9 @@
 #     takes small writes, fails a 64 MB write with ENOSPC ("No space left on device"), and
 #     the host file system is untouched (its free space barely moves). The same per
 #     snapshot in an overlayfs store; its commit becomes one EROFS layer image.
+#     Through containerd: laminad (block, writable_quota = 32M) as its proxy snapshotter,
+#     `ctr images pull` unpacks into EROFS layer images and a `ctr run` container writing
+#     64 MB gets ENOSPC.
 #  3. After removing every snapshot, `lamina snapshot cleanup`, and a laminad restart:
 #     no loop device, mount, image file or snapshot directory of Lamina's is left.
 # Usage: block_mode.sh LAMINAD LAMINA WORKDIR   (as root; needs ../shared)
@@ -20,13 +23,15 @@ source "$(dirname "$0")/common.sh"   # HERE, SHARED, lib.sh, ok, bad, summary
 finish() { summary; exit; }
 declare -A DPID=()
 cleanup() {
+  for p in $(pgrep -f "containerd-shim.* -address $WORK/ctd/containerd.sock( |$)"); do kill "$p" 2>/dev/null; done
+  [ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null
   for dir in $(grep -F " $WORK/" /proc/self/mounts | awk '{print $2}' | sort -r); do umount "$dir" 2>/dev/null; done
   for n in "${!DPID[@]}"; do [ -n "${DPID[$n]}" ] && kill "${DPID[$n]}" 2>/dev/null && wait "${DPID[$n]}" 2>/dev/null; done
   for dir in $(grep -F " $WORK/" /proc/self/mounts | awk '{print $2}' | sort -r); do umount -l "$dir" 2>/dev/null; done
 }
 trap cleanup EXIT
 rm -rf "$WORK"; mkdir -p "$WORK"
-for tool in mkfs.erofs mkfs.ext4 python3; do
+for tool in mkfs.erofs mkfs.ext4 python3 containerd ctr skopeo busybox docker-registry; do
   command -v "$tool" >/dev/null || { bad "$tool is missing (scripts/deps.sh installs it)"; finish; }
 done
 
@@ -98,6 +103,59 @@ if L overlay snapshot prepare oq "$otop" --label containerd.io/snapshot/lamina.q
     ok "overlayfs store, per snapshot: a 16M quota label gives ENOSPC; the commit turns the quota image into one EROFS layer image"
   else bad "overlayfs store, per snapshot quota: ${err:-} $(cat "$WORK/overlay/err")"; fi
 else bad "overlayfs store: prepare with a quota label: $(cat "$WORK/overlay/err")"; fi
+
+# --- containerd on the block backend: a container writing past its quota -----------------
+# A private containerd with laminad (block, writable_quota = 32M) as its proxy snapshotter
+# pulls the demo image (unpacked through Prepare/Commit: sealed layer images) and runs a
+# container that writes 64 MB: ENOSPC inside the container, the host untouched.
+export BENCH_STATE=$WORK/bench BENCH_FS=host REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5092}
+CSOCK=$WORK/ctd/containerd.sock
+mkdir -p "$WORK/ctd" "$WORK/cq"
+printf 'root = "%s"\nsocket = "%s"\nbackend = "block"\nwritable_quota = "32M"\nlog_level = "warn"\n' \
+  "$WORK/cq/root" "$WORK/cq/lamina.sock" > "$WORK/cq/laminad.toml"
+"$LAMINAD" --config "$WORK/cq/laminad.toml" 2>"$WORK/cq/laminad.log" &
+DPID[cq]=$!
+cat > "$WORK/ctd/config.toml" <<TOML
+version = 2
+root = "$WORK/ctd/root"
+state = "$WORK/ctd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "$CSOCK"
+[ttrpc]
+  address = "$CSOCK.ttrpc"
+[proxy_plugins]
+  [proxy_plugins.lamina]
+    type = "snapshot"
+    address = "$WORK/cq/lamina.sock"
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$WORK/ctd/opt"
+TOML
+containerd --config "$WORK/ctd/config.toml" > "$WORK/ctd/containerd.log" 2>&1 &
+DPID[ctd]=$!
+for _ in $(seq 100); do [ -S "$WORK/cq/lamina.sock" ] && ctr -a "$CSOCK" version >/dev/null 2>&1 && break; sleep 0.1; done
+C() { timeout 120 ctr -a "$CSOCK" -n block-mode "$@"; }
+REF=$REGISTRY_ADDR/lamina/demo:1
+if ! push_demo_image "$WORK/demo" "$REF" 2>"$WORK/ctd/push.err"; then bad "demo image pushed to $REF: $(cat "$WORK/ctd/push.err")"
+elif ! C images pull --plain-http --snapshotter lamina "$REF" > "$WORK/ctd/pull.out" 2>&1; then
+  bad "ctr images pull through Lamina (block): $(tail -3 "$WORK/ctd/pull.out")"
+else
+  images=$(find "$WORK/cq/root/snapshots" -maxdepth 2 -name layer.erofs | wc -l)
+  out=$(timeout 60 ctr -a "$CSOCK" -n block-mode run --rm --snapshotter lamina --fifo-dir "$WORK/ctd/fifo" \
+    --runc-root "$WORK/ctd/runc" "$REF" quota-test /bin/sh -c \
+    'echo fits > /small && cat /small; dd if=/dev/zero of=/big bs=1M count=64 2>&1; sync; echo done' 2>&1)
+  if grep -q "^fits" <<<"$out" && grep -q "No space left on device" <<<"$out" && [ "$images" -ge 2 ]; then
+    ok "containerd: ctr images pull unpacked through Lamina into $images EROFS layer images; ctr run with a 32M writable quota: small write ok, 64 MB write: $(grep -m1 'No space' <<<"$out")"
+  else bad "containerd quota run ($images layer images): $(tr '\n' ' ' <<<"$out" | cut -c1-400)"; fi
+  C images rm --sync "$REF" >/dev/null 2>&1
+fi
+kill "${DPID[ctd]}" 2>/dev/null && wait "${DPID[ctd]}" 2>/dev/null; DPID[ctd]=
+stop cq
+[ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null; REG_PID=
 
 # --- 3. nothing left after Remove + Cleanup + restart ------------------------------------
 for dir in $(grep -F " $WORK/block/rootfs" /proc/self/mounts | awk '{print $2}'); do umount "$dir"; done

@@ -320,10 +320,16 @@ else bad "ctr run of $IMAGE2: $out"; fi
 # --- cleanup --------------------------------------------------------------------------------
 pids="$CPID $DPID $(serve_pids | tr '\n' ' ')"
 cleanup
-sleep 0.2
+# A process that exists and is not a zombie (servers outliving laminad are reparented; the
+# adopter reaps them a moment later). Servers end once their mounts are gone: give them time.
+running() { local st; st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) && [ "${st%% *}" != Z ]; }
+for _ in $(seq 100); do
+  left_procs=$(for p in $pids $(serve_pids) $(shim_pids); do running "$p" && echo "$p"; done | sort -u | wc -l)
+  [ "$left_procs" -eq 0 ] && break
+  sleep 0.1
+done
 left_mounts=$(grep -cF " $WORK/" /proc/self/mounts)
-left_procs=$(for p in $pids $(serve_pids) $(shim_pids); do kill -0 "$p" 2>/dev/null && echo "$p"; done | sort -u | wc -l)
 if [ "$left_mounts" -eq 0 ] && [ "$left_procs" -eq 0 ]; then
   ok "cleanup: containerd, laminads and their lazy-serve processes gone ($(wc -w <<< "$pids") processes), nothing mounted under $WORK"
-else bad "cleanup: $left_procs processes left ($(ps -o pid=,args= -p "$(echo "$pids" | tr ' ' ,)" 2>/dev/null | head -5)), $left_mounts mounts under $WORK: $(grep -F " $WORK/" /proc/self/mounts | head -5)"; fi
+else bad "cleanup: $left_procs processes left ($(for p in $pids $(serve_pids) $(shim_pids); do running "$p" && ps -o pid=,stat=,args= -p "$p"; done | sort -u | head -5 | tr '\n' ';')), $left_mounts mounts under $WORK: $(grep -F " $WORK/" /proc/self/mounts | head -5)"; fi
 finish

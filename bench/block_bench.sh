@@ -27,12 +27,15 @@
 #        same for both) and ROOT/snapshots, and the df used delta of the loop fs (includes the
 #        journal-free metadata ext4 allocates for the new inodes and dirs);
 #      - peak during the pull: df and df -i of the loop fs sampled every 0.1 s (the block backend
-#        unpacks each layer as a tree first, so it briefly holds trees and images at once).
+#        unpacks each layer as a tree first, so it briefly holds trees and images at once);
+#      - bytes written to the loop device (its /sys/block/loopN/stat, BENCH_FS=loop only) from the
+#        pull's start until after the `sync`: data, metadata and journal, trees and images.
 #   3. cold reads of the whole rootfs through the mount (caches dropped before each:
 #      `sync; echo 3 > /proc/sys/vm/drop_caches`, which also evicts the EROFS images' pages):
 #      - cold `find DIR | wc -l` alone (entries; must be equal for both backends);
 #      - cold `find DIR -xdev -type f -print0 | xargs -0 cat > /dev/null` (every regular file
 #        read once; MB/s = file bytes / s).
+#      Bytes read from the loop device during the two cold reads (sectors read, /sys/block).
 #      Checks, untimed, afterwards (page cache warm): number and bytes of regular files
 #      (find -printf %s), a sha256 over all file contents in sorted path order, and a listing of
 #      every entry (type, mode, owner, size except for directories, mtime, path, link target) saved per run and
@@ -169,8 +172,15 @@ cpu_of() {   # user+sys CPU seconds of a pid incl. waited-for children
 py() { python3 -c "import sys; print($1)"; }
 L() { "$LAMINA" --socket "$SOCK" "$@"; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# dev_io FIELD: /sys/block/<loop>/stat field (3 = sectors read, 7 = sectors written) in bytes of
+# the benchmark fs's loop device; empty unless BENCH_FS=loop
+dev_io() {
+  [ "$BENCH_FS" = loop ] || return 0
+  awk -v f="$1" '{printf "%.0f\n", $f * 512}' "/sys/block/$(basename "$(cat "$BENCH_STATE/fs.loopdev")")/stat"
+}
+io_delta() { [ -n "$1" ] && [ -n "$2" ] && echo $(($2 - $1)); return 0; }
 fs_used() {   # "<used bytes> <used inodes>" of the benchmark fs (statfs)
-  stat -f -c '%b %f %S %c %d' "$FSMNT" | awk '{printf "%d %d\n", ($1 - $2) * $3, $4 - $5}'
+  stat -f -c '%b %f %S %c %d' "$FSMNT" | awk '{printf "%.0f %.0f\n", ($1 - $2) * $3, $4 - $5}'
 }
 
 # df_poll OUTFILE: "<epoch> <used bytes> <used inodes>" of the benchmark fs every 0.1 s
@@ -225,13 +235,13 @@ log "BENCH_FS=$BENCH_FS SIZE=$SIZE ($NL layers, $UB tar bytes, $NE entries) BACK
 # ---------------------------------------------------------------------------------------------
 # Runs
 TSV=$OUTDIR/runs.tsv
-printf "backend\trun\tpull_s\trootfs_s\tready_s\tsync_s\tcpu_s\tunpack_s\tseal_s\tmkfs_s\tafter_s\thost_inodes\tdf_inodes\tdu_bytes\tcontent_bytes\tsnap_bytes\tdf_bytes\tpeak_df_bytes\tpeak_df_inodes\timage_bytes\terofs_mounts\tentries\tfind_s\tcat_s\tfiles\tfile_bytes\tcontent_sha\tlisting_sha\tload1\n" > "$TSV"
+printf "backend\trun\tpull_s\trootfs_s\tready_s\tsync_s\tcpu_s\tunpack_s\tseal_s\tmkfs_s\tafter_s\thost_inodes\tdf_inodes\tdu_bytes\tcontent_bytes\tsnap_bytes\tdf_bytes\tpeak_df_bytes\tpeak_df_inodes\timage_bytes\terofs_mounts\tentries\tfind_s\tcat_s\tfiles\tfile_bytes\tcontent_sha\tlisting_sha\twritten_bytes\tread_bytes\tload1\n" > "$TSV"
 LAYERS=$OUTDIR/layers.tsv
 printf "backend\trun\tsnapshot\tbirth\tctime\tmkfs_s\tgap_before_s\tallocated_bytes\tsize_bytes\n" > "$LAYERS"
 failures=()
 
 run_one() {   # run_one BACKEND RUN
-  local b=$1 run=$2 tag=$1-r$2 rc=0 t0 t1 t2 s0 s1 c0 c1 base_b base_i
+  local b=$1 run=$2 tag=$1-r$2 rc=0 t0 t1 t2 s0 s1 c0 c1 base_b base_i w0 w1
   local unpack_s='' seal_s='' mkfs_s='' after_s='' image_bytes='' nmnt peak_b peak_i
   fs_fresh
   if [ -n "$(find "$FSMNT" -mindepth 1 -maxdepth 1 ! -name lost+found)" ]; then
@@ -245,14 +255,14 @@ run_one() {   # run_one BACKEND RUN
   rm -f "$OUTDIR/$tag.df.txt"
   df_poll "$OUTDIR/$tag.df.txt" &
   DF_PID=$!
-  c0=$(cpu_of "$LAMINAD_PID"); t0=$(now)
+  w0=$(dev_io 7); c0=$(cpu_of "$LAMINAD_PID"); t0=$(now)
   L -o json pull --no-lazy "$REF" > "$OUTDIR/$tag.pull.json" 2> "$OUTDIR/$tag.pull.err" || rc=$?
   t1=$(now)
   if [ "$rc" = 0 ]; then
     L rootfs "$REF" "$ROOTFS" > "$OUTDIR/$tag.rootfs.out" 2>&1 || rc=rootfs:$?
   else rc=pull:$rc; fi
   t2=$(now); c1=$(cpu_of "$LAMINAD_PID")
-  s0=$(now); sync; s1=$(now)
+  s0=$(now); sync; s1=$(now); w1=$(dev_io 7)
   stop_pid "$DF_PID"; DF_PID=
   if [ "$rc" != 0 ]; then
     failures+=("$tag: $rc: $(cat "$OUTDIR/$tag.pull.err" "$OUTDIR/$tag.rootfs.out" 2>/dev/null | tail -c 300 | tr '\n' ' ')")
@@ -270,7 +280,7 @@ run_one() {   # run_one BACKEND RUN
   read -r df_b df_i < <(fs_used)
   df_b=$((df_b - base_b)); df_i=$((df_i - base_i))
   read -r peak_b peak_i < <(awk -v b="$base_b" -v i="$base_i" \
-    '$2 > mb {mb = $2} $3 > mi {mi = $3} END {printf "%d %d\n", mb - b, mi - i}' "$OUTDIR/$tag.df.txt")
+    '$2 > mb {mb = $2} $3 > mi {mi = $3} END {printf "%.0f %.0f\n", mb - b, mi - i}' "$OUTDIR/$tag.df.txt")
   nmnt=$({ grep -F " $ROOT/snapshots/" /proc/self/mounts || true; } | awk '$3 == "erofs"' | wc -l)
   { grep -F " $FSMNT/" /proc/self/mounts || true; } > "$OUTDIR/$tag.mounts.txt"
   if [ "$b" = block ]; then
@@ -306,8 +316,9 @@ if rows and rows[0][0] > 0:
   fi
 
   # --- cold reads through the rootfs mount
-  local entries find_s cat_s r0 r1 files fbytes csha lsha
+  local entries find_s cat_s r0 r1 files fbytes csha lsha rd0 rd1
   drop_caches
+  rd0=$(dev_io 3)
   r0=$(now); entries=$(find "$ROOTFS" | wc -l); r1=$(now)
   find_s=$(elapsed "$r0" "$r1")
   drop_caches
@@ -315,10 +326,10 @@ if rows and rows[0][0] > 0:
   if ! find "$ROOTFS" -xdev -type f -print0 | xargs -0 cat > /dev/null 2> "$OUTDIR/$tag.cat.err"; then
     failures+=("$tag: find | xargs cat failed: $(head -c 300 "$OUTDIR/$tag.cat.err" | tr '\n' ' ')")
   fi
-  r1=$(now)
+  r1=$(now); rd1=$(dev_io 3)
   cat_s=$(elapsed "$r0" "$r1")
   # --- checks (warm, untimed)
-  read -r files fbytes < <(find "$ROOTFS" -xdev -type f -printf '%s\n' | awk '{n++; s+=$1} END {printf "%d %d\n", n, s}')
+  read -r files fbytes < <(find "$ROOTFS" -xdev -type f -printf '%s\n' | awk '{n++; s+=$1} END {printf "%.0f %.0f\n", n, s}')
   csha=$(cd "$ROOTFS" && find . -xdev -type f -print0 | LC_ALL=C sort -z | xargs -0 cat | sha256sum | cut -c1-16)
   # (a directory's size is the file system's own business: ext4 4096, EROFS its dirents' bytes)
   (cd "$ROOTFS" && find . -xdev -mindepth 1 -printf '%y %#m %U:%G %s %T@ %P\t%l\n' |
@@ -329,7 +340,8 @@ if rows and rows[0][0] > 0:
   record "$b" "$run" "$(elapsed "$t0" "$t1")" "$(elapsed "$t1" "$t2")" "$(elapsed "$t0" "$t2")" "$(elapsed "$s0" "$s1")" \
     "$(py "'%.2f' % ($c1 - $c0)")" "$unpack_s" "$seal_s" "$mkfs_s" "$after_s" \
     "$host_inodes" "$df_i" "$du_b" "$content_b" "$snap_b" "$df_b" "$peak_b" "$peak_i" "$image_bytes" "$nmnt" \
-    "$entries" "$find_s" "$cat_s" "$files" "$fbytes" "$csha" "$lsha"
+    "$entries" "$find_s" "$cat_s" "$files" "$fbytes" "$csha" "$lsha" \
+    "$(io_delta "$w0" "$w1")" "$(io_delta "$rd0" "$rd1")"
 }
 
 teardown_run() {   # unmount the rootfs, stop laminad, unmount what it left under the fs
@@ -436,6 +448,7 @@ row("↳ ROOT/content (blobs) MB", "content_bytes", "%.1f", MB)
 row("↳ ROOT/snapshots MB", "snap_bytes", "%.1f", MB)
 row("↳ of which layer.erofs images (allocated) MB", "image_bytes", "%.1f", MB, ratio_ok=False)
 row("bytes: df used delta of the loop fs MB", "df_bytes", "%.1f", MB)
+row("written to the loop device during pull + rootfs + sync MB", "written_bytes", "%.1f", MB)
 row("peak during pull: df used delta MB", "peak_df_bytes", "%.1f", MB)
 row("peak during pull: df -i delta", "peak_df_inodes", "%.0f")
 row("EROFS mounts under ROOT/snapshots", "erofs_mounts", "%.0f", ratio_ok=False)
@@ -445,6 +458,7 @@ row("**cold `find DIR -xdev -type f -print0 \\| xargs -0 cat`** s", "cat_s")
 m = {b: (med(b, "file_bytes") / MB / med(b, "cat_s") if med(b, "cat_s") > 0 else float("nan")) for b in bk}
 print("| ↳ read MB/s (file bytes / s) | %s | %s |" % (" | ".join(f(m[b], "%.0f") for b in bk),
       " | ".join(fr(ratio(m[ov], m[o])) for o in others)))
+row("read from the loop device during cold find + cold cat MB", "read_bytes", "%.1f", MB)
 row("regular files read", "files", "%.0f")
 row("their bytes MB", "file_bytes", "%.1f", MB)
 print()

@@ -333,12 +333,8 @@ impl Backend {
         if !image.exists() {
             return Ok(());
         }
-        for path in [self.fs_dir(id), dir.join(RW_DIR)] {
-            // Binds and the image mount, each once; stacked leftovers go too.
-            while !sys::mount_points_under(&path)?.is_empty() {
-                sys::unmount_detach(&path)?;
-            }
-        }
+        // The bind of the upper dir on `fs`; removing `rw` detaches the image mount.
+        sys::detach_mounts_under(&self.fs_dir(id))?;
         fsutil::remove_tree(&dir.join(RW_DIR))?;
         std::fs::remove_file(&image).ctx("remove", &image)
     }

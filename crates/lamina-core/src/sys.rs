@@ -450,6 +450,24 @@ pub fn mount_points_under(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(found)
 }
 
+/// Detaches every mount at or below `dir`, deepest first, until none is left (mounts
+/// stacked on one path are listed once, so one pass may not be enough). Gives how many
+/// it detached.
+pub fn detach_mounts_under(dir: &Path) -> Result<usize> {
+    let mut detached = 0;
+    loop {
+        let mounts = mount_points_under(dir)?;
+        if mounts.is_empty() {
+            return Ok(detached);
+        }
+        for mount_point in mounts {
+            tracing::info!(path = %mount_point.display(), "detaching a mount");
+            unmount_detach(&mount_point)?;
+            detached += 1;
+        }
+    }
+}
+
 /// Decodes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
 fn unescape_mountinfo(field: &str) -> OsString {
     let bytes = field.as_bytes();

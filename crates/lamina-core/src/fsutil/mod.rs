@@ -16,17 +16,7 @@ use crate::error::{Error, Result};
 /// mounted inside it (a rootfs someone forgot, a bind that propagated in) is detached
 /// first, so the removal never reaches into another filesystem.
 pub fn remove_tree(path: &Path) -> Result<()> {
-    // Mounts stacked on one path are listed once: detach until none is left.
-    loop {
-        let mounts = crate::sys::mount_points_under(path)?;
-        if mounts.is_empty() {
-            break;
-        }
-        for mount_point in mounts {
-            tracing::info!(path = %mount_point.display(), "detaching a mount inside a snapshot being removed");
-            crate::sys::unmount_detach(&mount_point)?;
-        }
-    }
+    crate::sys::detach_mounts_under(path)?;
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

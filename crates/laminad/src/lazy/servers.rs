@@ -209,17 +209,13 @@ pub fn restore(store: &Snapshotter, log_level: &str) -> anyhow::Result<()> {
         // even succeed from the kernel's cache): its readers get ENOTCONN from now on,
         // new ones get the new server's mount. Stacked leftovers go too.
         let fs = dir.join("fs");
-        // (Mounts stacked on one path are listed once: detach until none is left.)
-        for _ in 0..16 {
-            let stale = lamina_core::sys::mount_points_under(&fs)?;
-            if stale.is_empty() {
-                break;
+        match lamina_core::sys::detach_mounts_under(&fs) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(path = %fs.display(), mounts = n, "detached lazy mounts whose server is gone")
             }
-            for path in stale {
-                tracing::info!(path = %path.display(), "detaching a lazy mount whose server is gone");
-                if let Err(e) = lamina_core::sys::unmount_detach(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "detaching a dead lazy mount");
-                }
+            Err(e) => {
+                tracing::warn!(path = %fs.display(), error = %e, "detaching a dead lazy mount")
             }
         }
         match start(&dir, log_level) {

@@ -26,6 +26,6 @@ pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Info, Kind, Labels, Mount, Usage};
 pub use snapshotter::{
-    chain_ids, parse_size, CleanupReport, DiffSpec, LayerIndexInfo, LayerLimits, LayerSource,
-    MergeMethod, MergeReport, Snapshotter, StoreConfig, BLOCK_LABEL, QUOTA_LABEL,
+    chain_ids, next_chain_id, parse_size, CleanupReport, DiffSpec, LayerIndexInfo, LayerLimits,
+    LayerSource, MergeMethod, MergeReport, Snapshotter, StoreConfig, BLOCK_LABEL, QUOTA_LABEL,
 };

@@ -1055,15 +1055,18 @@ pub struct LayerSource {
 pub fn chain_ids(layers: &[LayerSource]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(layers.len());
     for l in layers {
-        let id = match out.last() {
-            None => l.diff_id.to_string(),
-            Some(prev) => {
-                crate::layer::Digest::of(format!("{prev} {}", l.diff_id).as_bytes()).to_string()
-            }
-        };
+        let id = next_chain_id(out.last().map(String::as_str), l.diff_id.as_str());
         out.push(id);
     }
     out
+}
+
+/// The chain ID of a layer with `diff_id` on the chain `parent` (`None`: the first layer).
+pub fn next_chain_id(parent: Option<&str>, diff_id: &str) -> String {
+    match parent {
+        None => diff_id.to_owned(),
+        Some(prev) => crate::layer::Digest::of(format!("{prev} {diff_id}").as_bytes()).to_string(),
+    }
 }
 
 /// Creates the root (mode 0700) if missing and refuses one that is a symlink.

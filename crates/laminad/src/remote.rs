@@ -177,23 +177,11 @@ impl RemoteFetcher {
         settings: &crate::lazy::LazySettings,
         candidate: &crate::lazy::LazyCandidate,
     ) -> Result<bool, String> {
-        let parent_chain = if parent.is_empty() {
-            None
-        } else {
-            self.store
-                .stat(parent)
-                .map_err(|e| e.to_string())?
-                .labels
-                .get(SNAPSHOT_REF)
-                .cloned()
-        };
-        let made = match &parent_chain {
-            None if parent.is_empty() => candidate.layer.diff_id.clone(),
-            None => return Ok(false), // a parent of unknown chain: let containerd unpack
-            Some(p) => {
-                Digest::of(format!("{p} {}", candidate.layer.diff_id).as_bytes()).to_string()
-            }
-        };
+        let parent_chain = parent_chain_id(&self.store, parent)?;
+        if parent_chain.is_none() && !parent.is_empty() {
+            return Ok(false); // a parent of unknown chain: let containerd unpack
+        }
+        let made = lamina_core::next_chain_id(parent_chain.as_deref(), &candidate.layer.diff_id);
         if made != req.chain_id {
             return Ok(false);
         }
@@ -281,16 +269,7 @@ impl RemoteFetcher {
             req.chain_id.clone(),
         );
         tokio::task::spawn_blocking(move || -> Result<bool, String> {
-            let parent_chain = if parent.is_empty() {
-                None
-            } else {
-                store
-                    .stat(&parent)
-                    .map_err(|e| e.to_string())?
-                    .labels
-                    .get(SNAPSHOT_REF)
-                    .cloned()
-            };
+            let parent_chain = parent_chain_id(&store, &parent)?;
             let blob = store
                 .content()
                 .open_blob(&layer)
@@ -305,10 +284,7 @@ impl RemoteFetcher {
                 .apply_layer(&key, &parent, labels, blob, opts)
                 .map_err(|e| e.to_string())?;
             // The chain ID containerd expects must be the one this layer really makes.
-            let made = match &parent_chain {
-                None => report.diff_id.to_string(),
-                Some(p) => Digest::of(format!("{p} {}", report.diff_id).as_bytes()).to_string(),
-            };
+            let made = lamina_core::next_chain_id(parent_chain.as_deref(), report.diff_id.as_str());
             // (A parent without the label was not made by an unpack: nothing to check.)
             if (parent_chain.is_some() || parent.is_empty()) && made != chain_id {
                 let _ = store.remove(&key);
@@ -321,4 +297,18 @@ impl RemoteFetcher {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// The chain ID `parent` was made as (its `snapshot.ref` label); `None` for no parent, or a
+/// parent not made by an unpack.
+fn parent_chain_id(store: &Snapshotter, parent: &str) -> Result<Option<String>, String> {
+    if parent.is_empty() {
+        return Ok(None);
+    }
+    Ok(store
+        .stat(parent)
+        .map_err(|e| e.to_string())?
+        .labels
+        .get(SNAPSHOT_REF)
+        .cloned())
 }

@@ -205,28 +205,21 @@ impl Backend {
         // Hand-writing EROFS is not worth it while Debian's mkfs.erofs does the job:
         // owners, modes, mtimes, xattrs (trusted.overlay.opaque included), devices (0:0
         // whiteouts included) and hard links are kept as the tree has them.
-        let out = std::process::Command::new("mkfs.erofs")
-            .arg("--quiet")
-            .arg("--preserve-mtime")
-            .arg(&tmp)
-            .arg(&fs)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| {
-                Error::io(
-                    "run mkfs.erofs (erofs-utils) for",
-                    &fs,
-                    std::io::Error::new(e.kind(), format!("{e}: is erofs-utils installed?")),
-                )
-            })?;
-        if !out.status.success() {
+        let args = [
+            "--quiet".as_ref(),
+            "--preserve-mtime".as_ref(),
+            tmp.as_os_str(),
+            fs.as_os_str(),
+        ];
+        if let Err(e) = run_mkfs(
+            "mkfs.erofs",
+            "run mkfs.erofs (erofs-utils) for",
+            "erofs-utils",
+            &args,
+            &fs,
+        ) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(Error::FailedPrecondition(format!(
-                "mkfs.erofs of {} failed ({}): {}",
-                fs.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(e);
         }
         let file = std::fs::File::open(&tmp).ctx("open", &tmp)?;
         file.sync_all().ctx("fsync", &tmp)?;
@@ -269,26 +262,19 @@ impl Backend {
         file.set_len(bytes).ctx("size", &image)?;
         drop(file);
         // mkfs.ext4 (e2fsprogs) rather than a hand-written ext4: it is the reference.
-        let out = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-E", "nodiscard,root_owner=0:0"])
-            .arg(&image)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| {
-                Error::io(
-                    "run mkfs.ext4 (e2fsprogs) for",
-                    &image,
-                    std::io::Error::new(e.kind(), format!("{e}: is e2fsprogs installed?")),
-                )
-            })?;
-        if !out.status.success() {
-            return Err(Error::FailedPrecondition(format!(
-                "mkfs.ext4 of {} failed ({}): {}",
-                image.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        let mut args: Vec<&std::ffi::OsStr> =
+            ["-q", "-F", "-m", "0", "-E", "nodiscard,root_owner=0:0"]
+                .iter()
+                .map(|a| a.as_ref())
+                .collect();
+        args.push(image.as_os_str());
+        run_mkfs(
+            "mkfs.ext4",
+            "run mkfs.ext4 (e2fsprogs) for",
+            "e2fsprogs",
+            &args,
+            &image,
+        )?;
         let rw = self.snapshot_dir(id).join(RW_DIR);
         std::fs::create_dir(&rw).ctx("mkdir", &rw)?;
         sys::mount_ext4_image(&image, &rw)?;
@@ -343,6 +329,37 @@ impl Backend {
     pub fn has_image(&self, id: u64) -> bool {
         self.image_path(id).is_file()
     }
+}
+
+/// Runs file-system maker `tool` (from Debian package `package`) with `args`, making
+/// `subject`; its stderr is the error when it fails. `op` names the step in errors.
+fn run_mkfs(
+    tool: &str,
+    op: &'static str,
+    package: &str,
+    args: &[&std::ffi::OsStr],
+    subject: &Path,
+) -> Result<()> {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::io(
+                op,
+                subject,
+                std::io::Error::new(e.kind(), format!("{e}: is {package} installed?")),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(Error::FailedPrecondition(format!(
+            "{tool} of {} failed ({}): {}",
+            subject.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The EROFS image of a committed layer (block backend), in its snapshot directory.

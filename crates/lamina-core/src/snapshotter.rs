@@ -295,31 +295,7 @@ impl Snapshotter {
         if self.meta.get(key)?.is_some() {
             return Err(Error::AlreadyExists { key: key.into() });
         }
-        let chain = if parent.is_empty() {
-            Vec::new()
-        } else {
-            match self.meta.get(parent)? {
-                None => {
-                    return Err(Error::NotFound {
-                        key: parent.into(),
-                        context: " (parent)",
-                    })
-                }
-                Some(p) if p.kind != Kind::Committed => {
-                    return Err(Error::InvalidArgument(format!(
-                        "parent {parent:?} is a {} snapshot, not a committed one",
-                        p.kind
-                    )))
-                }
-                Some(_) if self.backend_kind == BackendKind::Native && self.is_layer_form(parent)? => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "{parent:?} is a diff snapshot (changes, with deletions as whiteouts); the native \
-                         backend cannot show a tree from it: merge it first"
-                    )))
-                }
-                Some(_) => self.meta.chain(parent)?,
-            }
-        };
+        let chain = self.parent_chain(parent)?;
         let quota = match labels.get(QUOTA_LABEL) {
             Some(size) => Some(parse_size(size)?),
             None => self.writable_quota,
@@ -360,6 +336,32 @@ impl Snapshotter {
         }
         drop(guard);
         Ok(self.backend.mounts(id, kind, &chain))
+    }
+
+    /// The ids of committed `parent` ("" = none) and its ancestors, nearest first, for a
+    /// snapshot made on it; an error if it is missing, not committed, or a diff snapshot
+    /// the native backend cannot show a tree from.
+    fn parent_chain(&self, parent: &str) -> Result<Vec<u64>> {
+        if parent.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.meta.get(parent)? {
+            None => Err(Error::NotFound {
+                key: parent.into(),
+                context: " (parent)",
+            }),
+            Some(p) if p.kind != Kind::Committed => Err(Error::InvalidArgument(format!(
+                "parent {parent:?} is a {} snapshot, not a committed one",
+                p.kind
+            ))),
+            Some(_) if self.backend_kind == BackendKind::Native && self.is_layer_form(parent)? => {
+                Err(Error::FailedPrecondition(format!(
+                    "{parent:?} is a diff snapshot (changes, with deletions as whiteouts); the native \
+                     backend cannot show a tree from it: merge it first"
+                )))
+            }
+            Some(_) => self.meta.chain(parent),
+        }
     }
 
     fn allocate_id(&self) -> Inflight<'_> {
@@ -635,25 +637,7 @@ impl Snapshotter {
         if self.meta.get(name)?.is_some() {
             return Err(Error::AlreadyExists { key: name.into() });
         }
-        let chain = if parent.is_empty() {
-            Vec::new()
-        } else {
-            match self.meta.get(parent)? {
-                Some(p) if p.kind == Kind::Committed => self.meta.chain(parent)?,
-                Some(p) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "parent {parent:?} is a {} snapshot, not a committed one",
-                        p.kind
-                    )))
-                }
-                None => {
-                    return Err(Error::NotFound {
-                        key: parent.into(),
-                        context: " (parent)",
-                    })
-                }
-            }
-        };
+        let chain = self.parent_chain(parent)?;
         let lowers: Vec<PathBuf> = chain.iter().map(|id| self.backend.fs_dir(*id)).collect();
         let guard = self.allocate_id();
         let id = guard.id;

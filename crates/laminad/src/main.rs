@@ -35,7 +35,7 @@ struct Cli {
     /// Unix socket to serve on (default /run/lamina/lamina.sock).
     #[arg(long, visible_alias = "address", global = true)]
     socket: Option<PathBuf>,
-    /// Backend: overlayfs (default) or native.
+    /// Backend: overlayfs (default), native, or block (committed layers as EROFS images).
     #[arg(long, global = true)]
     backend: Option<String>,
     /// Log filter, e.g. info or debug.

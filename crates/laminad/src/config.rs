@@ -55,6 +55,27 @@ pub struct Config {
     pub writable_quota: String,
 }
 
+/// How lazy layers are made, from laminad's config.
+#[derive(Debug, Clone)]
+pub struct LazySettings {
+    /// Mount layers lazily when their image has indexes (pulls may override it).
+    pub enabled: bool,
+    /// Smaller layers are downloaded and unpacked (cheaper than a mount).
+    pub min_layer_size: u64,
+    /// Bytes fetched and cached at a time.
+    pub chunk_size: u64,
+    /// Longest one range request may take (ms).
+    pub read_timeout_ms: u64,
+    /// Range requests before a read fails with EIO.
+    pub read_attempts: u32,
+    /// Delay before a layer's background fetch starts (ms).
+    pub fill_delay_ms: u64,
+    /// The servers' log filter.
+    pub log_level: String,
+    /// hosts.toml directory the servers read the registry through.
+    pub hosts_dir: Option<PathBuf>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -119,8 +140,8 @@ impl Config {
     }
 
     /// The lazy-layer settings.
-    pub fn lazy(&self) -> crate::lazy::LazySettings {
-        crate::lazy::LazySettings {
+    pub fn lazy(&self) -> LazySettings {
+        LazySettings {
             enabled: self.lazy_pull,
             min_layer_size: self.lazy_min_layer_size,
             chunk_size: self.lazy_chunk_size.clamp(4096, 64 << 20),

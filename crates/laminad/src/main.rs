@@ -3,7 +3,6 @@
 
 mod bridge;
 mod cache;
-mod config;
 mod images;
 mod indexes;
 mod layers;
@@ -21,6 +20,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+pub(crate) use laminad::config;
 
 /// Lamina's snapshotter daemon.
 #[derive(Debug, Parser)]

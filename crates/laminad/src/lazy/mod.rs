@@ -17,6 +17,7 @@ use lamina_core::{Labels, Snapshotter, Usage};
 use lamina_registry::{Credentials, RegistryClient};
 use oci_spec::image::ImageManifest;
 
+pub use crate::config::LazySettings;
 pub use spec::LazySpec;
 
 use crate::indexes::{INDEX_ARTIFACT, LAYER_ANNOTATION};
@@ -25,27 +26,6 @@ use crate::indexes::{INDEX_ARTIFACT, LAYER_ANNOTATION};
 pub const LAZY_LABEL: &str = "lamina.io/lazy";
 /// Largest index blob fetched (a layer of a few hundred thousand files).
 const MAX_INDEX_BYTES: u64 = 256 << 20;
-
-/// How lazy layers are made, from laminad's config.
-#[derive(Debug, Clone)]
-pub struct LazySettings {
-    /// Mount layers lazily when their image has indexes (pulls may override it).
-    pub enabled: bool,
-    /// Smaller layers are downloaded and unpacked (cheaper than a mount).
-    pub min_layer_size: u64,
-    /// Bytes fetched and cached at a time.
-    pub chunk_size: u64,
-    /// Longest one range request may take (ms).
-    pub read_timeout_ms: u64,
-    /// Range requests before a read fails with EIO.
-    pub read_attempts: u32,
-    /// Delay before a layer's background fetch starts (ms).
-    pub fill_delay_ms: u64,
-    /// The servers' log filter.
-    pub log_level: String,
-    /// hosts.toml directory the servers read the registry through.
-    pub hosts_dir: Option<PathBuf>,
-}
 
 /// A layer that can be mounted lazily, and its index (checked against the layer).
 #[derive(Clone)]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 /// A parsed challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Challenge {
+pub struct Challenge {
     /// "bearer" or "basic" (lowercase).
     pub scheme: String,
     /// Parameters: realm, service, scope, ...
@@ -13,7 +13,8 @@ pub(crate) struct Challenge {
 }
 
 /// Parses `Bearer realm="https://auth",service="registry",scope="repository:x:pull"`.
-pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+/// Never fails: what is not a `key=value` list ends the parameters.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
     let mut params = HashMap::new();

@@ -176,6 +176,48 @@ fn host_arch() -> &'static str {
     }
 }
 
+/// The token in a token endpoint's JSON answer (`token`, or OAuth2's `access_token`).
+pub fn token_from_response(body: &[u8]) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    body.get("token")
+        .or_else(|| body.get("access_token"))
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+}
+
+/// For a manifest response (`bytes`, served as `media_type`, whose digest is `digest`):
+/// `None` when it is an image manifest, the digest of this platform's manifest when it
+/// is an index or manifest list (the only entry when none names the platform).
+pub fn platform_manifest(media_type: &str, bytes: &[u8], digest: &str) -> Result<Option<String>> {
+    let is_index = media_type.contains("index") || media_type.contains("manifest.list") || {
+        // Some registries omit the content type: look at the document itself.
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .is_some_and(|v| v.get("manifests").is_some())
+    };
+    if !is_index {
+        return Ok(None);
+    }
+    let index = ImageIndex::from_reader(bytes).map_err(|e| RegistryError::Manifest {
+        digest: digest.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let all = index.manifests();
+    let chosen = all
+        .iter()
+        .find(|m| {
+            m.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+            })
+        })
+        .or_else(|| (all.len() == 1).then(|| &all[0]))
+        .ok_or_else(|| RegistryError::Manifest {
+            digest: digest.to_owned(),
+            reason: format!("no manifest for linux/{}", host_arch()),
+        })?;
+    Ok(Some(chosen.digest().to_string()))
+}
+
 impl RegistryClient {
     /// A client for `reference`'s repository.
     pub fn new(
@@ -416,15 +458,9 @@ impl RegistryClient {
                         "token endpoint {realm} answered HTTP {status} {who}: {body}"
                     )));
                 }
-                let body: serde_json::Value = resp
-                    .json()
-                    .await
-                    .map_err(|source| RegistryError::transport(realm.clone(), source))?;
-                let token = body
-                    .get("token")
-                    .or_else(|| body.get("access_token"))
-                    .and_then(|t| t.as_str())
-                    .ok_or_else(|| auth_err("token endpoint returned no token".into()))?;
+                let body = Self::read_limited(resp, realm, MAX_JSON).await?;
+                let token = token_from_response(&body)
+                    .ok_or_else(|| auth_err(format!("token endpoint {realm} returned no token")))?;
                 Ok(format!("Bearer {token}"))
             }
             other => Err(auth_err(format!("unsupported auth scheme {other:?}"))),
@@ -482,33 +518,9 @@ impl RegistryClient {
                 });
             }
         }
-        let is_index = media_type.contains("index") || media_type.contains("manifest.list") || {
-            // Some registries omit the content type: look at the document itself.
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .is_some_and(|v| v.get("manifests").is_some())
-        };
-        if !is_index {
+        let Some(child) = platform_manifest(&media_type, &bytes, &digest)? else {
             return Ok(Resolved { digest, bytes });
-        }
-        let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| RegistryError::Manifest {
-            digest: digest.clone(),
-            reason: e.to_string(),
-        })?;
-        let all = index.manifests();
-        let chosen = all
-            .iter()
-            .find(|m| {
-                m.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
-                })
-            })
-            .or_else(|| (all.len() == 1).then(|| &all[0]))
-            .ok_or_else(|| RegistryError::Manifest {
-                digest: digest.clone(),
-                reason: format!("no manifest for linux/{}", host_arch()),
-            })?;
-        let child = chosen.digest().to_string();
+        };
         let (resp, url) = self
             .get(&format!("manifests/{child}"), MANIFEST_TYPES, 0, false)
             .await?;

@@ -10,6 +10,13 @@ mod hosts;
 mod push;
 mod reference;
 
+/// The parsers of registry responses, for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::auth::{parse_challenge, Challenge};
+    pub use crate::client::{platform_manifest, token_from_response};
+}
+
 pub use blocking::{BlockingBlob, RetryPolicy};
 pub use client::{Blob, Credentials, RegistryClient, Resolved};
 pub use hosts::{ClientCert, Endpoint, HostsConfig};

@@ -565,9 +565,16 @@ impl RegistryClient {
     /// Starts downloading blob `digest` from byte `offset` (resuming a partial download
     /// when the registry honours ranges; otherwise from 0, as `Blob::offset` tells).
     pub async fn blob(&self, digest: &str, offset: u64) -> Result<Blob> {
-        let (response, url) = self
-            .get(&format!("blobs/{digest}"), "*/*", offset, false)
-            .await?;
+        let path = format!("blobs/{digest}");
+        let (response, url) = match self.get(&path, "*/*", offset, false).await {
+            // 416: nothing lies at or past `offset`. The kept part is already the whole
+            // blob (a crash came between its last byte and its commit) or is longer than
+            // the blob: download it whole again rather than fail every later pull.
+            Err(RegistryError::Status { status: 416, .. }) if offset > 0 => {
+                self.get(&path, "*/*", 0, false).await?
+            }
+            other => other?,
+        };
         let offset = if response.status().as_u16() == 206 {
             offset
         } else {

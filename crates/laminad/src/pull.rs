@@ -206,6 +206,7 @@ pub async fn pull(
     let mut pumps = tokio::task::JoinSet::new();
     let mut streams: Vec<Option<Box<dyn std::io::Read + Send>>> = Vec::new();
     let ingests: BlobWriters = Arc::default();
+    let downloads = Downloads::default();
     for l in manifest.layers() {
         let d = digest(l.digest().as_ref())?;
         if store.content().has(&d) {
@@ -220,15 +221,22 @@ pub async fn pull(
         streams.push(Some(Box::new(ChannelReader::new(unpack_rx))));
         let (client, gate, progress) = (client.clone(), gate.clone(), opts.progress.clone());
         let (pump_store, writers) = (store.clone(), ingests.clone());
+        let running = downloads.start();
         pumps.spawn(async move {
+            let _running = running;
             let _permit = gate.acquire_owned().await;
             pump(pump_store, writers, client, d, to_unpack, progress).await
         });
     }
     let parallelism = opts.parallelism.max(1);
     let unpack = tokio::task::spawn_blocking(move || {
-        // Waits for every blob to be complete and verified in the content store.
-        let blobs_ready = || join_writers(&ingests);
+        // Waits for every blob to be complete and verified in the content store: first
+        // for the downloads to end (one registers its writer only once the registry has
+        // answered), then for their writers.
+        let blobs_ready = || {
+            downloads.wait_all();
+            join_writers(&ingests)
+        };
         lamina_core::image::unpack_and_record_streamed(
             &store,
             &r.name(),
@@ -475,6 +483,37 @@ fn build_chain(
 }
 
 /// The threads writing blobs into the content store; `blobs_ready` waits for them.
+/// The downloads of one pull still running, for whoever must wait until all have ended.
+#[derive(Clone, Default)]
+struct Downloads(Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>);
+
+/// One running download; it counts as ended when dropped, however its task ends.
+struct Download(Downloads);
+
+impl Downloads {
+    fn start(&self) -> Download {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Download(self.clone())
+    }
+
+    /// Blocks until every download started has ended.
+    fn wait_all(&self) {
+        let (count, ended) = &*self.0;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = ended.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        let (count, ended) = &*self.0 .0;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        ended.notify_all();
+    }
+}
+
 type BlobWriters = Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<lamina_core::Result<()>>>>>;
 
 /// Moves blob `d` from the registry to a content store writer (started here, registered

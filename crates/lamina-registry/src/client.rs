@@ -716,6 +716,87 @@ zgpNH9vF26qnQUGFuPQjc39+7JDfCBQC2mooqzmzOuRCSlnxU71JECDu
         assert!(err.contains("refused"), "{err}");
     }
 
+    /// A registry serving one blob, `body`, at any path: whole, or from the byte a
+    /// `Range: bytes=N-` header asks for (206), or 416 when N is at or past its end.
+    async fn ranged_registry(body: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let start = head.lines().find_map(|l| {
+                    l.strip_prefix("range: bytes=")
+                        .and_then(|r| r.trim().trim_end_matches('-').parse::<usize>().ok())
+                });
+                let resp = match start {
+                    Some(n) if n >= body.len() => format!(
+                        "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes(),
+                    Some(n) => [
+                        format!(
+                            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {n}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len() - 1,
+                            body.len(),
+                            body.len() - n
+                        )
+                        .as_bytes(),
+                        &body[n..],
+                    ]
+                    .concat(),
+                    None => [
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                        body,
+                    ]
+                    .concat(),
+                };
+                let _ = conn.write_all(&resp).await;
+            }
+        });
+        addr
+    }
+
+    async fn read_all(mut blob: Blob) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = blob.chunk().await.unwrap() {
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    /// Found by the crash harness: laminad killed after a blob's last byte was kept but
+    /// before the blob was committed left a partial as long as the blob, and every later
+    /// pull asked for the bytes past its end and failed with 416.
+    #[tokio::test]
+    async fn a_resume_past_the_end_downloads_the_blob_again() {
+        const BODY: &[u8] = b"0123456789";
+        let addr = ranged_registry(BODY).await;
+        let r = Reference::parse(&format!("{addr}/app:1")).unwrap();
+        let c = RegistryClient::new(&r, &HostsConfig::default(), false, None).unwrap();
+        let digest = format!("sha256:{}", sha256_hex(BODY));
+        let resumed = c.blob(&digest, 4).await.unwrap();
+        assert_eq!(resumed.offset, 4);
+        assert_eq!(read_all(resumed).await, &BODY[4..]);
+        for past in [BODY.len() as u64, BODY.len() as u64 + 7] {
+            let again = c.blob(&digest, past).await.unwrap();
+            assert_eq!(again.offset, 0, "kept {past} bytes");
+            assert_eq!(read_all(again).await, BODY);
+        }
+    }
+
     /// A registry that answers every request with 401 and a Basic challenge; sends the
     /// Authorization headers it saw (empty: none) down the channel.
     async fn refusing_registry() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {

@@ -65,6 +65,15 @@ pub enum Error {
     /// A layer could not be applied or diffed.
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
+    /// Unpacking one layer of an image failed: `source` says how.
+    #[error("layer {layer}: {source}")]
+    InLayer {
+        /// The layer's blob digest.
+        layer: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
     /// A cache-manager operation failed (leases, refs, prune).
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
@@ -127,6 +136,17 @@ impl Error {
             op,
             path: path.into(),
             source,
+        }
+    }
+
+    /// Names the layer (by blob digest) an unpack error happened in.
+    pub fn in_layer(self, layer: &impl std::fmt::Display) -> Self {
+        match self {
+            e @ Error::InLayer { .. } => e,
+            e => Error::InLayer {
+                layer: layer.to_string(),
+                source: Box::new(e),
+            },
         }
     }
 

@@ -745,7 +745,8 @@ impl Snapshotter {
                 let blob = std::fs::File::open(&l.blob).ctx("open", &l.blob)?;
                 let mut layer_labels = labels.clone();
                 layer_labels.insert("lamina.io/layer.digest".into(), l.digest.to_string());
-                self.apply_layer(&names[i], &parent, layer_labels, blob, opts_for(l))?;
+                self.apply_layer(&names[i], &parent, layer_labels, blob, opts_for(l))
+                    .map_err(|e| e.in_layer(&l.digest))?;
                 parent = names[i].clone();
             }
             return Ok(names);
@@ -886,7 +887,7 @@ impl Snapshotter {
                 Ok(usage) => usages.push(usage),
                 Err(e) => {
                     discard_all(&ids);
-                    return Err(e);
+                    return Err(e.in_layer(&layers[todo[k]].digest));
                 }
             }
         }
@@ -903,7 +904,7 @@ impl Snapshotter {
                     Ok(usage) => usages[k] = usage,
                     Err(e) => {
                         discard_all(&ids);
-                        return Err(e);
+                        return Err(e.in_layer(&layers[todo[k]].digest));
                     }
                 }
             }

@@ -80,7 +80,9 @@ pub fn registry_status(e: RegistryError) -> Status {
         RegistryError::Transport { .. } | RegistryError::Status { .. } => {
             Status::unavailable(e.to_string())
         }
-        RegistryError::Io { .. } => Status::internal(e.to_string()),
+        RegistryError::Io { .. } => {
+            crate::status::exhausted(&e).unwrap_or_else(|| Status::internal(e.to_string()))
+        }
     }
 }
 
@@ -571,14 +573,17 @@ async fn pump(
                 let _ = to_unpack
                     .send(Err(std::io::Error::other(e.to_string())))
                     .await;
-                return Err(Status::internal(format!("open {}: {e}", path.display())));
+                return Err(crate::status::io_status(
+                    &format!("open {}", path.display()),
+                    e,
+                ));
             }
         };
         loop {
             let mut buf = vec![0u8; 256 << 10];
             let n = tokio::io::AsyncReadExt::read(&mut prefix, &mut buf)
                 .await
-                .map_err(|e| Status::internal(format!("read {}: {e}", path.display())))?;
+                .map_err(|e| crate::status::io_status(&format!("read {}", path.display()), e))?;
             if n == 0 {
                 break;
             }

@@ -18,10 +18,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/lamina/laminad.toml";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// State directory: metadata and snapshots. Nothing is written outside it but the socket.
+    /// Refused when it is a symlink, writable by group or others, or owned by a user
+    /// other than laminad's (root); created 0700 when missing.
     pub root: PathBuf,
-    /// Unix socket serving containerd's snapshots API.
+    /// Unix socket serving containerd's snapshots API. Its directory must be writable by
+    /// root only: laminad refuses to serve when it is owned by another user or writable
+    /// by group or others (unless root-owned and sticky, like /tmp); a missing directory
+    /// is created 0711.
     pub socket: PathBuf,
-    /// Permission bits of the socket, in octal (e.g. "0600").
+    /// Permission bits of the socket, in octal (default "0600": root only).
     pub socket_mode: String,
     /// Group id owning the socket, so a non-root group may connect with mode 0660.
     pub socket_group: Option<u32>,
@@ -29,10 +34,19 @@ pub struct Config {
     pub backend: String,
     /// tracing filter: "info", "debug", "laminad=debug,lamina_core=info", ...
     pub log_level: String,
-    /// Most bytes one layer may decompress to; larger layers fail (decompression bombs).
+    /// Most bytes one layer may decompress to (default 64 GiB); a larger layer fails its
+    /// pull or import with InvalidArgument naming this setting (decompression bombs).
     pub max_layer_bytes: u64,
-    /// Most entries one layer may hold.
+    /// Most entries (files, directories, links) one layer may hold (default 10 million);
+    /// more fail the layer with InvalidArgument naming this setting.
     pub max_layer_entries: u64,
+    /// Most gRPC requests served at once over all connections (default 256); more wait
+    /// in a queue until one finishes (they do not fail). A pull holds one for its whole
+    /// length, so this also bounds concurrent pulls.
+    pub max_concurrent_requests: usize,
+    /// Layers one import or pull unpacks at once from blob files (default 4); layers
+    /// arriving from a registry each unpack as they download (at most 8 downloads a pull).
+    pub unpack_parallelism: usize,
     /// Directory of containerd-style `<host>/hosts.toml` registry configs (mirrors,
     /// plain HTTP, headers); empty for none.
     pub registry_config_path: PathBuf,
@@ -49,6 +63,10 @@ pub struct Config {
     pub lazy_read_attempts: u32,
     /// How long after mounting a lazy layer its background fetch starts, in milliseconds.
     pub lazy_fill_delay_ms: u64,
+    /// Mount lazy layers with FUSE's `allow_other`, so any user may read them directly
+    /// (default false: only root, their mounter, can; containers of any user still read
+    /// them through their overlayfs snapshots, which use the mounter's credentials).
+    pub lazy_allow_other: bool,
     /// Block backend: every writable layer is an ext4 image of this size (a hard quota,
     /// e.g. "10G"), unless a Prepare's `containerd.io/snapshot/lamina.quota` label says
     /// otherwise; empty: plain directories unless the label asks.
@@ -70,6 +88,8 @@ pub struct LazySettings {
     pub read_attempts: u32,
     /// Delay before a layer's background fetch starts (ms).
     pub fill_delay_ms: u64,
+    /// Mount with FUSE's `allow_other` (any user may read the layer directly).
+    pub allow_other: bool,
     /// The servers' log filter.
     pub log_level: String,
     /// hosts.toml directory the servers read the registry through.
@@ -88,12 +108,15 @@ impl Default for Config {
             registry_config_path: "/etc/containerd/certs.d".into(),
             max_layer_bytes: 64 << 30,
             max_layer_entries: 10_000_000,
+            max_concurrent_requests: 256,
+            unpack_parallelism: 4,
             lazy_pull: true,
             lazy_min_layer_size: 4 << 20,
             lazy_chunk_size: 256 << 10,
             lazy_read_timeout_ms: 5000,
             lazy_read_attempts: 3,
             lazy_fill_delay_ms: 2000,
+            lazy_allow_other: false,
             writable_quota: String::new(),
         }
     }
@@ -119,7 +142,26 @@ impl Config {
         cfg.backend()?;
         cfg.socket_mode()?;
         cfg.writable_quota()?;
+        cfg.check_limits()?;
         Ok(cfg)
+    }
+
+    /// Refuses limits that would stop laminad from working at all.
+    pub fn check_limits(&self) -> anyhow::Result<()> {
+        for (key, value) in [
+            ("max_layer_bytes", self.max_layer_bytes),
+            ("max_layer_entries", self.max_layer_entries),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+            ("unpack_parallelism", self.unpack_parallelism as u64),
+        ] {
+            if value == 0 {
+                bail!("{key} must be at least 1");
+            }
+        }
+        Ok(())
     }
 
     /// The writable-layer quota, parsed; `None` when not set.
@@ -148,6 +190,7 @@ impl Config {
             read_timeout_ms: self.lazy_read_timeout_ms,
             read_attempts: self.lazy_read_attempts,
             fill_delay_ms: self.lazy_fill_delay_ms,
+            allow_other: self.lazy_allow_other,
             log_level: self.log_level.clone(),
             hosts_dir: Some(self.registry_config_path.clone())
                 .filter(|p| !p.as_os_str().is_empty()),
@@ -195,5 +238,36 @@ mod tests {
         let c = Config::parse("backend = \"block\"\nwritable_quota = \"1G\"").unwrap();
         assert_eq!(c.writable_quota().unwrap(), Some(1 << 30));
         assert!(Config::parse("backend = \"block\"\nwritable_quota = \"big\"").is_err());
+    }
+
+    /// Every limit: its default, its key, and that a limit of zero is refused by name.
+    #[test]
+    fn limits() {
+        let d = Config::default();
+        assert_eq!(d.max_layer_bytes, 64 << 30);
+        assert_eq!(d.max_layer_entries, 10_000_000);
+        assert_eq!(d.max_concurrent_requests, 256);
+        assert_eq!(d.unpack_parallelism, 4);
+        assert_eq!(d.socket_mode().unwrap(), 0o600, "root only by default");
+        assert!(!d.lazy_allow_other && !d.lazy().allow_other);
+        let c = Config::parse(
+            "max_layer_bytes = 1048576\nmax_layer_entries = 10\nmax_concurrent_requests = 8\nunpack_parallelism = 2\nlazy_allow_other = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_layer_bytes, 1 << 20);
+        assert_eq!(c.max_layer_entries, 10);
+        assert_eq!(c.max_concurrent_requests, 8);
+        assert_eq!(c.unpack_parallelism, 2);
+        assert!(c.lazy().allow_other);
+        for key in [
+            "max_layer_bytes",
+            "max_layer_entries",
+            "max_concurrent_requests",
+            "unpack_parallelism",
+        ] {
+            let err = Config::parse(&format!("{key} = 0")).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err:#}");
+        }
+        assert!(Config::parse("max_concurrent_requests = -1").is_err());
     }
 }

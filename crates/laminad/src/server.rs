@@ -29,15 +29,12 @@ use crate::merge::MergeService;
 use crate::remote::RemoteFetcher;
 use crate::service::SnapshotService;
 
-/// Layers unpacked at once by an import: decompression and file creation use about one
-/// core each, and more than a few in flight only add seeks.
-const UNPACK_PARALLELISM: usize = 4;
-
 /// Runs the daemon with `cfg` until it is told to stop.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     // Nothing laminad creates (socket, lock, metadata) starts out readable by others;
     // snapshot directories get explicit modes.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    raise_open_file_limit();
     let backend = cfg.backend()?;
     let store = Snapshotter::open(StoreConfig {
         layer_limits: lamina_core::LayerLimits {
@@ -78,7 +75,18 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     };
+    tracing::info!(
+        max_concurrent_requests = cfg.max_concurrent_requests,
+        unpack_parallelism = cfg.unpack_parallelism,
+        max_layer_bytes = cfg.max_layer_bytes,
+        max_layer_entries = cfg.max_layer_entries,
+        "limits"
+    );
     let result = tonic::transport::Server::builder()
+        // Requests beyond the limit wait for a slot (over every connection): none fails.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            cfg.max_concurrent_requests.max(1),
+        ))
         .add_service(SnapshotsServer::new(SnapshotService::new(store.clone(), {
             let fetcher = RemoteFetcher::new(store.clone(), hosts.clone());
             Arc::new(match &lazy {
@@ -100,7 +108,8 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
             gc_gate.clone(),
         )))
         .add_service(ImagesServer::new({
-            let images = ImageService::new(store, UNPACK_PARALLELISM, hosts).with_gc_gate(gc_gate);
+            let images = ImageService::new(store, cfg.unpack_parallelism.max(1), hosts)
+                .with_gc_gate(gc_gate);
             match lazy {
                 Some(settings) => images.with_lazy(settings),
                 None => images,
@@ -114,8 +123,70 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the socket's directory (0711 if new), refuses a socket another process is
-/// serving, replaces a stale one, and applies the configured mode and group.
+/// Raises the soft limit on open files to the hard limit, as containerd does: every
+/// layer unpacking at once, every blob download and every connection holds descriptors.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
+    if limit.current == limit.maximum {
+        tracing::info!(soft = %show(limit.current), hard = %show(limit.maximum), "open file limit");
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = %show(limit.current),
+            to = %show(limit.maximum),
+            "raised the open file limit to its hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            soft = %show(limit.current),
+            hard = %show(limit.maximum),
+            error = %e,
+            "could not raise the open file limit; raise LimitNOFILE if pulls fail with EMFILE"
+        ),
+    }
+}
+
+/// Refuses to serve from a socket directory anyone but root (or laminad's own user)
+/// could write: whoever can write it can replace the socket with their own and receive
+/// containerd's requests. A root-owned sticky directory (like /tmp) is accepted: there
+/// nobody can remove or rename another user's socket.
+pub fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("socket directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("socket directory {} is not a directory", dir.display());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        bail!(
+            "socket directory {} is owned by uid {}: refusing to serve from a directory \
+             another user controls (it must be owned by root)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !sticky_root {
+        bail!(
+            "socket directory {} has mode {:04o}: writable by group or others, who could \
+             replace the socket; refusing to serve (chmod go-w it, or choose another socket path)",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Creates the socket's directory (0711 if new) or checks an existing one
+/// ([`check_socket_dir`]), refuses a socket another process is serving, replaces a stale
+/// one, and applies the configured mode and group.
 async fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
     let path = &cfg.socket;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -125,6 +196,7 @@ async fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
                 .with_context(|| format!("chmod {}", dir.display()))?;
         }
+        check_socket_dir(dir)?;
     }
     if std::fs::symlink_metadata(path).is_ok() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {

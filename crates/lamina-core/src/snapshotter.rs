@@ -21,6 +21,9 @@ use crate::model::{validate_key, validate_labels, Info, Kind, Labels, Mount, Usa
 
 mod indexes;
 mod merge;
+mod root_dir;
+
+use root_dir::prepare_root;
 
 pub use indexes::LayerIndexInfo;
 pub use merge::{DiffSpec, MergeMethod, MergeReport};

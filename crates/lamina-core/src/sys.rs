@@ -131,7 +131,9 @@ pub fn unmount(target: &Path) -> Result<()> {
 /// descriptor its server reads requests from. Lamina mounts it itself (rather than
 /// letting the FUSE library do it) so that every mount stays in this module, and so the
 /// descriptor can be handed to another process to keep serving the same mount.
-pub fn mount_fuse(target: &Path, source: &str) -> Result<std::os::fd::OwnedFd> {
+/// Without `allow_other` only root (the mounter) may use the mount directly; overlayfs
+/// mounts that stack it as a lower layer still serve every user.
+pub fn mount_fuse(target: &Path, source: &str, allow_other: bool) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
     let dev = Path::new("/dev/fuse");
     let fd = rustix::fs::open(
@@ -141,8 +143,9 @@ pub fn mount_fuse(target: &Path, source: &str) -> Result<std::os::fd::OwnedFd> {
     )
     .map_err(|e| io_err("open", dev, e))?;
     let data = std::ffi::CString::new(format!(
-        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
-        fd.as_raw_fd()
+        "fd={},rootmode=40000,user_id=0,group_id=0,default_permissions{}",
+        fd.as_raw_fd(),
+        if allow_other { ",allow_other" } else { "" }
     ))
     .expect("no NUL in mount options");
     rustix::mount::mount(

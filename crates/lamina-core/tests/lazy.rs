@@ -355,3 +355,92 @@ fn a_gzip_layer_served_through_its_index_equals_its_unpack() {
         drop(lazy);
     }
 }
+
+/// `cat PATH` as uid/gid 1000 with no supplementary groups: its stdout, or its stderr.
+fn cat_as_user(path: &Path) -> Result<Vec<u8>, String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "cat"])
+        .arg(path)
+        .output()
+        .expect("run setpriv (util-linux)");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Without allow_other (the default) only root may use a lazy layer's FUSE mount
+/// directly; an overlayfs mount stacking it still serves every user, because overlayfs
+/// reads its lower layers with its mounter's (root's) credentials. With allow_other
+/// (`MountAccess::AllUsers`) other users may read the mount directly.
+#[test]
+fn a_lazy_mount_is_root_only_but_its_overlay_serves_every_user() {
+    use lamina_core::lazy::MountAccess;
+    use std::os::unix::fs::PermissionsExt;
+    common::require_root(WHY);
+    // In the system temp dir, not $LAMINA_TEST_DIR: uid 1000 must be able to walk to it.
+    let t = tempfile::Builder::new()
+        .prefix("lamina-lazy-access-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tar = layer();
+    let entries = toc(&tar);
+    let tree = Arc::new(Tree::build(&entries));
+    let data = Arc::new(Memory {
+        tar,
+        reads: AtomicU64::new(0),
+        broken: false,
+    });
+    let hosts = b"127.0.0.1 localhost\n".to_vec(); // etc/hosts, mode 0644
+    for (access, dir) in [
+        (MountAccess::RootOnly, "root-only"),
+        (MountAccess::AllUsers, "all-users"),
+    ] {
+        let mnt = t.path().join(dir).join("lazy");
+        let merged = t.path().join(dir).join("merged");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::create_dir_all(&merged).unwrap();
+        let lazy = LazyMount::mount_with(tree.clone(), data.clone(), &mnt, access).unwrap();
+        assert_eq!(
+            std::fs::read(mnt.join("etc/hosts")).unwrap(),
+            hosts,
+            "{dir}: root reads the mount directly"
+        );
+        let direct = cat_as_user(&mnt.join("etc/hosts"));
+        match access {
+            MountAccess::RootOnly => {
+                let err = direct.expect_err("uid 1000 read a root-only lazy mount directly");
+                assert!(err.contains("Permission denied"), "{dir}: {err}");
+            }
+            MountAccess::AllUsers => assert_eq!(direct.unwrap(), hosts, "{dir}: uid 1000 reads"),
+        }
+        // As a container's rootfs: the lazy layer under a writable upper directory.
+        let (upper, work) = (
+            t.path().join(dir).join("upper"),
+            t.path().join(dir).join("work"),
+        );
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let rootfs = Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                format!("lowerdir={}", mnt.display()),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", work.display()),
+            ],
+        };
+        lamina_core::sys::mount_all(&[rootfs], &merged).unwrap();
+        let through = cat_as_user(&merged.join("etc/hosts"));
+        lamina_core::sys::unmount(&merged).unwrap();
+        assert_eq!(
+            through.unwrap_or_else(|e| panic!("{dir}: uid 1000 through the overlay: {e}")),
+            hosts,
+            "{dir}: uid 1000 reads the layer through an overlay mount"
+        );
+        drop(lazy);
+    }
+}

@@ -24,10 +24,34 @@ pub struct LazyMount {
     server: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
+/// Who may use a lazy layer's mount directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MountAccess {
+    /// Only the mounter (root). Overlayfs mounts on top of it still serve every user:
+    /// overlayfs reads its lower layers with its own mounter's credentials.
+    #[default]
+    RootOnly,
+    /// Every user (FUSE's `allow_other`), subject to the files' own permissions.
+    AllUsers,
+}
+
 impl LazyMount {
-    /// Mounts `tree` on `target` (an existing directory), file bytes from `data`.
+    /// Mounts `tree` on `target` (an existing directory), file bytes from `data`,
+    /// usable directly by root only ([`MountAccess::RootOnly`]).
     pub fn mount(tree: Arc<Tree>, data: Arc<dyn LayerData>, target: &Path) -> Result<LazyMount> {
-        let fd = crate::sys::mount_fuse(target, "lamina")?;
+        LazyMount::mount_with(tree, data, target, MountAccess::RootOnly)
+    }
+
+    /// [`LazyMount::mount`], with `access` saying who may use the mount directly.
+    pub fn mount_with(
+        tree: Arc<Tree>,
+        data: Arc<dyn LayerData>,
+        target: &Path,
+        access: MountAccess,
+    ) -> Result<LazyMount> {
+        let fd = crate::sys::mount_fuse(target, "lamina", access == MountAccess::AllUsers)?;
+        // The kernel enforces `access` (allow_other or not); the session lets through
+        // whatever the kernel lets through.
         let mut session =
             fuser::Session::from_fd(LazyFs::new(tree, data), fd, fuser::SessionACL::All);
         let server = std::thread::Builder::new()

@@ -197,6 +197,7 @@ pub fn commit_lazy(
                 hosts_dir: settings.hosts_dir.clone(),
                 username: source.credentials.map(|c| c.username.clone()),
                 password: source.credentials.map(|c| c.password.clone()),
+                allow_other: settings.allow_other,
             };
             let started = spec
                 .write(dir)

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use lamina_core::index::{BlobSource, IndexedLayer};
 use lamina_core::lazy::indexed::ReadAhead;
-use lamina_core::lazy::{indexed, ChunkCache, IndexedStream, LayerData, LazyMount, Tree};
+use lamina_core::lazy::{
+    indexed, ChunkCache, IndexedStream, LayerData, LazyMount, MountAccess, Tree,
+};
 use lamina_registry::{
     BlockingBlob, Credentials, HostsConfig, Reference, RegistryClient, RetryPolicy,
 };
@@ -122,7 +124,12 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         bad: AtomicBool::new(state == Some(LayerState::Failed)),
     });
     let tree = Arc::new(tree);
-    let mount = LazyMount::mount(tree.clone(), data.clone(), &dir.join("fs"))?;
+    let access = if spec.allow_other {
+        MountAccess::AllUsers
+    } else {
+        MountAccess::RootOnly
+    };
+    let mount = LazyMount::mount_with(tree.clone(), data.clone(), &dir.join("fs"), access)?;
     let pid_path = dir.join(LAZY_DIR).join(PID_FILE);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", pid_path.display()))?;

@@ -64,6 +64,11 @@ pub struct LazySpec {
     /// Password or token for `username`.
     #[serde(default)]
     pub password: Option<String>,
+    /// Mount with FUSE's `allow_other`: any user may read the layer directly. Without it
+    /// (the default) only root, the mounter, may; overlayfs snapshots on top still serve
+    /// every user, as overlayfs reads its lower layers with its mounter's credentials.
+    #[serde(default)]
+    pub allow_other: bool,
 }
 
 impl LazySpec {

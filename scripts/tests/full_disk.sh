@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# full_disk.sh: a pull that runs out of disk space fails cleanly (issue: limits with clear
+# errors). For each backend (overlayfs, block), laminad's root is a small loop-mounted
+# ext4 (256 MiB) and a docker-registry on 127.0.0.1 (started here) serves two images built
+# here: the bench generator's small image, and "big" (a small layer under one layer of
+# 4 x 24 MiB files that compress to almost nothing, so the disk fills while unpacking, not
+# while downloading).
+#  1. The small image pulls; its rootfs is hashed (`lamina manifest`).
+#  2. A ballast file leaves ~40 MiB free; pulling big fails with a clear error
+#     (ResourceExhausted, "No space left on device", naming the layer and the file being
+#     written) and laminad stays up.
+#  3. The small image's snapshots are intact: each layer's info answers, its rootfs hashes
+#     as before; after `lamina snapshot cleanup` no snapshot directory of the failed pull
+#     is left (directories == records) and the space it took is free again.
+#  4. laminad restarted finds a consistent store (same images, directories == records).
+#  5. The ballast removed, the same pull succeeds and its rootfs holds the big files.
+# Then limits through `lamina pull`: a daemon with max_layer_bytes = 64 MiB and
+# max_layer_entries = 100 refuses big and small with InvalidArgument naming the setting
+# and the limit, leaving no snapshot behind.
+# Usage: full_disk.sh LAMINAD LAMINA WORKDIR   (as root; needs ../shared)
+# Last line: "N passed, M failed".
+set -uo pipefail
+LAMINAD=$1 LAMINA=$2 WORK=$3
+mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd) || { echo "cannot use $WORK"; echo "0 passed, 1 failed"; exit 1; }
+export BENCH_STATE=$WORK/bench BENCH_FS=host REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5093}
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"   # HERE, SHARED, lib.sh, ok, bad, summary
+finish() { summary; exit; }
+DPID=
+unmount_all() {
+  for m in $(grep -F " $WORK/" /proc/self/mounts | awk '{print $2}' | sort -r); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
+}
+cleanup() {
+  [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null
+  unmount_all
+  [ -n "${REG_PID:-}" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || { bad "must run as root (loop-mounted ext4, overlay mounts)"; finish; }
+for tool in mkfs.ext4 mkfs.erofs losetup fallocate skopeo curl python3 docker-registry; do
+  command -v "$tool" >/dev/null || { bad "$tool is missing (scripts/deps.sh installs it)"; finish; }
+done
+if curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then
+  bad "something already answers on $REGISTRY_ADDR: this test starts its own registry there"; finish
+fi
+unmount_all
+rm -rf "$WORK"; mkdir -p "$WORK"
+
+# --- images -------------------------------------------------------------------------
+python3 "$SHARED/bench/mkimage.py" small --comp gzip --out "$WORK/images" >"$WORK/mkimage.log" 2>&1 \
+  || { bad "mkimage.py small: $(tail -5 "$WORK/mkimage.log")"; finish; }
+# big: layer 1 a few small files, layer 2 four 24 MiB files of a repeated random block
+# (not zeros: the applier writes zero blocks as holes).
+python3 - "$WORK/images/big" <<'PY' || { bad "building the big image"; finish; }
+import gzip, hashlib, io, json, os, sys, tarfile
+out = sys.argv[1]
+os.makedirs(os.path.join(out, "blobs", "sha256"), exist_ok=True)
+def blob(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(os.path.join(out, "blobs", "sha256", d), "wb").write(data)
+    return "sha256:" + d
+def layer(files):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, size, chunk in files:
+            ti = tarfile.TarInfo(name); ti.size = size; ti.mode = 0o644; ti.mtime = 1700000000
+            tf.addfile(ti, io.BytesIO(chunk * (size // len(chunk))))
+    tar = raw.getvalue()
+    gz = gzip.compress(tar, compresslevel=6, mtime=0)
+    return "sha256:" + hashlib.sha256(tar).hexdigest(), blob(gz), len(gz)
+rnd = hashlib.shake_256(b"full-disk").digest(4096)
+layers = [
+    layer([("etc/small-%d" % i, 4096, hashlib.shake_256(b"%d" % i).digest(4096)) for i in range(4)]),
+    layer([("data/big-%d" % i, 24 << 20, rnd[i:] + rnd[:i]) for i in range(4)]),
+]
+config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                     "rootfs": {"type": "layers", "diff_ids": [l[0] for l in layers]}}).encode()
+manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config), "size": len(config)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l[1], "size": l[2]} for l in layers],
+}).encode()
+index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": blob(manifest), "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "big"}}]}
+json.dump(index, open(os.path.join(out, "index.json"), "w"))
+open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0.0"}')
+PY
+registry_start || { bad "docker-registry did not start on $REGISTRY_ADDR"; finish; }
+SMALL=$REGISTRY_ADDR/bench/small:gzip BIG=$REGISTRY_ADDR/lamina/big:1
+skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/images/small-gzip:small-gzip" "docker://$SMALL" \
+  && skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/images/big:big" "docker://$BIG" \
+  || { bad "skopeo push of the images"; finish; }
+# The big image's blobs: the content store keeps those it stored (valid blobs) after the
+# unpack failed, so at most this much of the freed space may stay taken.
+BIG_BLOBS=$(du -sb "$WORK/images/big/blobs" | cut -f1)
+# The digest of its big layer, which the error must name.
+BIG_LAYER=$(python3 -c 'import json,sys; d=sys.argv[1]; b=lambda x: d+"/blobs/sha256/"+x.split(":")[1]; m=json.load(open(b(json.load(open(d+"/index.json"))["manifests"][0]["digest"]))); print(m["layers"][1]["digest"])' "$WORK/images/big")
+
+# --- helpers ------------------------------------------------------------------------
+# start B: laminad with backend B on WORK/B/mnt/root (log appended to WORK/B/laminad.log).
+start() {
+  local b=$1
+  "$LAMINAD" --root "$WORK/$b/mnt/root" --socket "$WORK/$b/lamina.sock" --backend "$b" --log-level info \
+    >>"$WORK/$b/laminad.log" 2>&1 &
+  DPID=$!
+  for _ in $(seq 300); do
+    timeout 5 "$LAMINA" --socket "$WORK/$b/lamina.sock" images >/dev/null 2>&1 && return 0
+    kill -0 "$DPID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "laminad did not come up; its log:" >&2; tail -20 "$WORK/$b/laminad.log" >&2; DPID=; return 1
+}
+stop() { kill "$DPID" && wait "$DPID"; local rc=$?; DPID=; return $rc; }
+L() { timeout 300 "$LAMINA" --socket "$WORK/$B/lamina.sock" "$@"; }
+avail() { df --output=avail -B1 "$WORK/$B/mnt" | tail -1; }
+# consistent: snapshot directories == snapshot records (prints both counts).
+consistent() {
+  local records dirs
+  records=$(L -o json snapshot ls | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') || return 1
+  dirs=$(find "$WORK/$B/mnt/root/snapshots" -mindepth 1 -maxdepth 1 | wc -l)
+  echo "$dirs directories, $records records"
+  [ "$dirs" -eq "$records" ]
+}
+# all_info CHAIN...: every snapshot named answers Stat.
+all_info() { local c; for c in "$@"; do L snapshot info "$c" >/dev/null || return 1; done; }
+# tree NAME: the manifest of image NAME's rootfs (mounted on a fresh snapshot, then removed).
+tree() {
+  local dir=$WORK/$B/rootfs key=full-disk-rootfs
+  mkdir -p "$dir"
+  L rootfs --key "$key" "$1" "$dir" >/dev/null || return 1
+  "$LAMINA" manifest "$dir" | tail -n +2
+  L snapshot umount "$dir" >/dev/null 2>&1 || umount "$dir"
+  L snapshot rm "$key" >/dev/null
+}
+
+for B in overlayfs block; do
+  echo "--- $B backend"
+  mkdir -p "$WORK/$B/mnt"
+  truncate -s 256M "$WORK/$B/disk.img"
+  mkfs.ext4 -q -F -m 0 "$WORK/$B/disk.img" && mount -o loop "$WORK/$B/disk.img" "$WORK/$B/mnt" \
+    || { bad "$B: making and mounting a 256 MiB ext4"; continue; }
+  start "$B" || { bad "$B: laminad did not start"; unmount_all; continue; }
+
+  # 1. the small image
+  if L pull "$SMALL" >"$WORK/$B/pull-small.out" 2>&1 && tree "$SMALL" >"$WORK/$B/small.before"; then
+    chains=$(L -o json images | python3 -c 'import json,sys; print(" ".join(c for i in json.load(sys.stdin) for c in i["chain_ids"]))')
+    ok "$B: small image pulled onto the 256 MiB disk ($(wc -l < "$WORK/$B/small.before") entries, $(($(avail) >> 20)) MiB left)"
+  else bad "$B: pull of the small image: $(tail -3 "$WORK/$B/pull-small.out")"; stop; unmount_all; continue; fi
+
+  # 2. the big image on a nearly full disk
+  fallocate -l $(( $(avail) - (40 << 20) )) "$WORK/$B/mnt/ballast" || { bad "$B: fallocate ballast"; stop; unmount_all; continue; }
+  before=$(avail)
+  if L pull "$BIG" >"$WORK/$B/pull-big.out" 2>&1; then
+    bad "$B: pulling 96 MiB into $((before >> 20)) MiB free succeeded"
+  elif grep -q "No space left on device" "$WORK/$B/pull-big.out" && grep -q "ResourceExhausted" "$WORK/$B/pull-big.out" \
+     && grep -qF "layer $BIG_LAYER" "$WORK/$B/pull-big.out"; then
+    ok "$B: pull of the big image with $((before >> 20)) MiB free failed: $(grep -o 'lamina: .*' "$WORK/$B/pull-big.out" | head -1)"
+  else bad "$B: pull of the big image failed without a clear ENOSPC error: $(tr '\n' ' ' < "$WORK/$B/pull-big.out" | cut -c1-400)"; fi
+  if kill -0 "$DPID" 2>/dev/null && L images >/dev/null 2>&1; then ok "$B: laminad still up and answering after the failed pull"
+  else bad "$B: laminad died or does not answer after the failed pull: $(tail -5 "$WORK/$B/laminad.log")"; start "$B"; fi
+
+  # 3. earlier snapshots intact, nothing left of the failed pull, space freed
+  infos=0; for c in $chains; do L snapshot info "$c" >/dev/null 2>&1 && infos=$((infos + 1)); done
+  if [ "$infos" -eq "$(wc -w <<<"$chains")" ] && [ "$infos" -gt 0 ] && tree "$SMALL" >"$WORK/$B/small.after" \
+     && cmp -s "$WORK/$B/small.before" "$WORK/$B/small.after"; then
+    ok "$B: the small image's $infos layer snapshots answer Stat and its rootfs hashes as before"
+  else bad "$B: small image after the failed pull: $infos of $(wc -w <<<"$chains") layers answer; $(diff "$WORK/$B/small.before" "$WORK/$B/small.after" 2>&1 | head -3)"; fi
+  L snapshot cleanup >/dev/null 2>&1
+  if state=$(consistent); then ok "$B: after Cleanup, $state (no partial snapshot of the failed pull)"
+  else bad "$B: after Cleanup, $state"; fi
+  after=$(avail)
+  if [ "$after" -ge $(( before - BIG_BLOBS - (1 << 20) )) ]; then
+    ok "$B: space freed again: $((after >> 20)) MiB free after Cleanup, $((before >> 20)) MiB before the pull (its blobs: $((BIG_BLOBS >> 10)) KiB)"
+  else bad "$B: space not freed: $((after >> 20)) MiB free after Cleanup, $((before >> 20)) MiB before the pull"; fi
+  if L images 2>&1 | grep -qF "lamina/big"; then bad "$B: the failed pull recorded an image: $(L images)"; fi
+
+  # 4. a restart finds a consistent store
+  if stop && start "$B" && state=$(consistent) && L images | grep -qF "bench/small" \
+     && all_info $chains; then
+    ok "$B: restarted laminad finds a consistent store ($state, the small image recorded)"
+  else bad "$B: after a restart: ${state:-no answer}; $(tail -5 "$WORK/$B/laminad.log")"; [ -n "$DPID" ] || start "$B"; fi
+
+  # 5. space freed: the same pull succeeds
+  rm -f "$WORK/$B/mnt/ballast"
+  if L pull "$BIG" >"$WORK/$B/pull-big2.out" 2>&1 && tree "$BIG" >"$WORK/$B/big.tree" \
+     && [ "$(grep -c 'data/big-[0-9]' "$WORK/$B/big.tree")" -eq 4 ]; then
+    ok "$B: with the ballast removed the same pull succeeds (4 big files in its rootfs, $(($(avail) >> 20)) MiB left)"
+  else bad "$B: pull after freeing space: $(tail -3 "$WORK/$B/pull-big2.out") $(grep 'data/big-' "$WORK/$B/big.tree" 2>/dev/null | head -2)"; fi
+  if state=$(consistent); then ok "$B: at the end, $state"; else bad "$B: at the end, $state"; fi
+  stop
+  # The block backend's layer images stay mounted across restarts (by design): those go
+  # first, then the file system, which nothing else may still hold.
+  for m in $(grep -F " $WORK/$B/mnt/" /proc/self/mounts | awk '{print $2}' | sort -r); do umount "$m"; done
+  umount "$WORK/$B/mnt" || bad "$B: the loop-mounted root could not be unmounted (something still holds it)"
+done
+
+# --- limits through `lamina pull`: InvalidArgument naming the setting ---------------
+# A daemon (on the work directory, not a small disk) with max_layer_bytes below the big
+# layer's 96 MiB and max_layer_entries below the small image's largest layer.
+B=limits
+mkdir -p "$WORK/$B/mnt"
+printf 'root = "%s"\nsocket = "%s"\nmax_layer_bytes = 67108864\nmax_layer_entries = 100\nlog_level = "warn"\n' \
+  "$WORK/$B/mnt/root" "$WORK/$B/lamina.sock" > "$WORK/$B/laminad.toml"
+"$LAMINAD" --config "$WORK/$B/laminad.toml" >>"$WORK/$B/laminad.log" 2>&1 &
+DPID=$!
+for _ in $(seq 300); do L images >/dev/null 2>&1 && break; sleep 0.1; done
+for case in "$BIG|max_layer_bytes|67108864 uncompressed bytes" "$SMALL|max_layer_entries|100 entries"; do
+  IFS='|' read -r ref key limit <<<"$case"
+  if L pull "$ref" >"$WORK/$B/pull.out" 2>&1; then bad "limits: $ref pulled despite $key"
+  elif grep -q "InvalidArgument" "$WORK/$B/pull.out" && grep -qF "$key" "$WORK/$B/pull.out" && grep -qF "$limit" "$WORK/$B/pull.out"; then
+    ok "limits: lamina pull $ref fails: $(grep -o 'lamina: .*' "$WORK/$B/pull.out" | head -1)"
+  else bad "limits: lamina pull $ref with $key: $(tail -2 "$WORK/$B/pull.out")"; fi
+done
+state=$(consistent 2>/dev/null)
+if [ "${state:-}" = "0 directories, 0 records" ]; then ok "limits: nothing left of the refused pulls ($state)"
+else bad "limits: after the refused pulls: ${state:-no answer}"; fi
+stop
+finish

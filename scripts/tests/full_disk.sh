@@ -14,9 +14,10 @@
 #     is left (directories == records) and the space it took is free again.
 #  4. laminad restarted finds a consistent store (same images, directories == records).
 #  5. The ballast removed, the same pull succeeds and its rootfs holds the big files.
-# Then limits through `lamina pull`: a daemon with max_layer_bytes = 64 MiB and
-# max_layer_entries = 100 refuses big and small with InvalidArgument naming the setting
-# and the limit, leaving no snapshot behind.
+# Then limits through `lamina pull`: a daemon with max_layer_bytes = 64 MiB,
+# max_layer_entries = 100 and max_concurrent_pulls = 1 refuses big and small (pulled at
+# the same time) with InvalidArgument naming the setting and the limit, leaving no
+# snapshot behind.
 # Usage: full_disk.sh LAMINAD LAMINA WORKDIR   (as root; needs ../shared)
 # Last line: "N passed, M failed".
 set -uo pipefail
@@ -196,20 +197,26 @@ done
 
 # --- limits through `lamina pull`: InvalidArgument naming the setting ---------------
 # A daemon (on the work directory, not a small disk) with max_layer_bytes below the big
-# layer's 96 MiB and max_layer_entries below the small image's largest layer.
+# layer's 96 MiB, max_layer_entries below the small image's largest layer, and one pull
+# at a time: both pulls, started together, get their own limit's error (the second
+# waits its turn, it does not fail for it).
 B=limits
 mkdir -p "$WORK/$B/mnt"
-printf 'root = "%s"\nsocket = "%s"\nmax_layer_bytes = 67108864\nmax_layer_entries = 100\nlog_level = "warn"\n' \
+printf 'root = "%s"\nsocket = "%s"\nmax_layer_bytes = 67108864\nmax_layer_entries = 100\nmax_concurrent_pulls = 1\nlog_level = "warn"\n' \
   "$WORK/$B/mnt/root" "$WORK/$B/lamina.sock" > "$WORK/$B/laminad.toml"
 "$LAMINAD" --config "$WORK/$B/laminad.toml" >>"$WORK/$B/laminad.log" 2>&1 &
 DPID=$!
 for _ in $(seq 300); do L images >/dev/null 2>&1 && break; sleep 0.1; done
-for case in "$BIG|max_layer_bytes|67108864 uncompressed bytes" "$SMALL|max_layer_entries|100 entries"; do
-  IFS='|' read -r ref key limit <<<"$case"
-  if L pull "$ref" >"$WORK/$B/pull.out" 2>&1; then bad "limits: $ref pulled despite $key"
-  elif grep -q "InvalidArgument" "$WORK/$B/pull.out" && grep -qF "$key" "$WORK/$B/pull.out" && grep -qF "$limit" "$WORK/$B/pull.out"; then
-    ok "limits: lamina pull $ref fails: $(grep -o 'lamina: .*' "$WORK/$B/pull.out" | head -1)"
-  else bad "limits: lamina pull $ref with $key: $(tail -2 "$WORK/$B/pull.out")"; fi
+L pull "$BIG" >"$WORK/$B/pull-big.out" 2>&1 & P1=$!
+L pull "$SMALL" >"$WORK/$B/pull-small.out" 2>&1 & P2=$!
+wait "$P1"; rc1=$?; wait "$P2"; rc2=$?
+for case in "big|$rc1|max_layer_bytes|67108864 uncompressed bytes" "small|$rc2|max_layer_entries|100 entries"; do
+  IFS='|' read -r name rc key limit <<<"$case"
+  out=$WORK/$B/pull-$name.out
+  if [ "$rc" -eq 0 ]; then bad "limits: $name pulled despite $key"
+  elif grep -q "InvalidArgument" "$out" && grep -qF "$key" "$out" && grep -qF "$limit" "$out"; then
+    ok "limits: lamina pull of $name fails: $(grep -o 'lamina: .*' "$out" | head -1)"
+  else bad "limits: lamina pull of $name with $key: $(tail -2 "$out")"; fi
 done
 state=$(consistent 2>/dev/null)
 if [ "${state:-}" = "0 directories, 0 records" ]; then ok "limits: nothing left of the refused pulls ($state)"

@@ -41,9 +41,12 @@ pub struct Config {
     /// more fail the layer with InvalidArgument naming this setting.
     pub max_layer_entries: u64,
     /// Most gRPC requests served at once over all connections (default 256); more wait
-    /// in a queue until one finishes (they do not fail). A pull holds one for its whole
-    /// length, so this also bounds concurrent pulls.
+    /// in a queue until one finishes (they do not fail). A remote-snapshotter Prepare
+    /// (containerd fetching a layer through Lamina) holds one for its whole length.
     pub max_concurrent_requests: usize,
+    /// Most `lamina pull`s (lamina.v1.Images.Pull) running at once (default 8); more wait
+    /// their turn, streaming no progress until it comes.
+    pub max_concurrent_pulls: usize,
     /// Layers one import or pull unpacks at once from blob files (default 4); layers
     /// arriving from a registry each unpack as they download (at most 8 downloads a pull).
     pub unpack_parallelism: usize,
@@ -109,6 +112,7 @@ impl Default for Config {
             max_layer_bytes: 64 << 30,
             max_layer_entries: 10_000_000,
             max_concurrent_requests: 256,
+            max_concurrent_pulls: 8,
             unpack_parallelism: 4,
             lazy_pull: true,
             lazy_min_layer_size: 4 << 20,
@@ -155,6 +159,7 @@ impl Config {
                 "max_concurrent_requests",
                 self.max_concurrent_requests as u64,
             ),
+            ("max_concurrent_pulls", self.max_concurrent_pulls as u64),
             ("unpack_parallelism", self.unpack_parallelism as u64),
         ] {
             if value == 0 {
@@ -247,22 +252,25 @@ mod tests {
         assert_eq!(d.max_layer_bytes, 64 << 30);
         assert_eq!(d.max_layer_entries, 10_000_000);
         assert_eq!(d.max_concurrent_requests, 256);
+        assert_eq!(d.max_concurrent_pulls, 8);
         assert_eq!(d.unpack_parallelism, 4);
         assert_eq!(d.socket_mode().unwrap(), 0o600, "root only by default");
         assert!(!d.lazy_allow_other && !d.lazy().allow_other);
         let c = Config::parse(
-            "max_layer_bytes = 1048576\nmax_layer_entries = 10\nmax_concurrent_requests = 8\nunpack_parallelism = 2\nlazy_allow_other = true\n",
+            "max_layer_bytes = 1048576\nmax_layer_entries = 10\nmax_concurrent_requests = 8\nmax_concurrent_pulls = 3\nunpack_parallelism = 2\nlazy_allow_other = true\n",
         )
         .unwrap();
         assert_eq!(c.max_layer_bytes, 1 << 20);
         assert_eq!(c.max_layer_entries, 10);
         assert_eq!(c.max_concurrent_requests, 8);
+        assert_eq!(c.max_concurrent_pulls, 3);
         assert_eq!(c.unpack_parallelism, 2);
         assert!(c.lazy().allow_other);
         for key in [
             "max_layer_bytes",
             "max_layer_entries",
             "max_concurrent_requests",
+            "max_concurrent_pulls",
             "unpack_parallelism",
         ] {
             let err = Config::parse(&format!("{key} = 0")).unwrap_err();

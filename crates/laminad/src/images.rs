@@ -11,6 +11,9 @@ use tonic::{Request, Response, Status};
 
 use crate::status::to_status;
 
+/// Pulls run at once unless configured otherwise.
+const DEFAULT_CONCURRENT_PULLS: usize = 8;
+
 /// The image service over a store.
 #[derive(Clone)]
 pub struct ImageService {
@@ -21,6 +24,8 @@ pub struct ImageService {
     gc_gate: crate::cache::GcGate,
     /// How pulls mount layers lazily.
     lazy: Option<crate::lazy::LazySettings>,
+    /// Turns to run a pull: pulls beyond the limit wait for one.
+    pulls: Arc<tokio::sync::Semaphore>,
 }
 
 impl ImageService {
@@ -36,7 +41,14 @@ impl ImageService {
             hosts,
             gc_gate: crate::cache::GcGate::default(),
             lazy: None,
+            pulls: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_PULLS)),
         }
+    }
+
+    /// Runs at most `n` pulls at once; more wait their turn (they do not fail).
+    pub fn with_concurrent_pulls(mut self, n: usize) -> Self {
+        self.pulls = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 
     /// Lets pulls mount indexed layers lazily with `settings` (whether they do by default
@@ -153,10 +165,12 @@ impl Images for ImageService {
             lazy,
             prefetch: r.prefetch.iter().map(std::path::PathBuf::from).collect(),
         };
-        let (store, hosts) = (self.store.clone(), self.hosts.clone());
+        let (store, hosts, pulls) = (self.store.clone(), self.hosts.clone(), self.pulls.clone());
         let gate = self.gc_gate.clone().read_owned().await;
         tokio::spawn(async move {
             let _gate = gate;
+            // The semaphore is never closed.
+            let _turn = pulls.acquire_owned().await;
             let started = std::time::Instant::now();
             let last = match crate::pull::pull(store, &hosts, &r.reference, opts).await {
                 Ok(pulled) => {

@@ -77,6 +77,7 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
     };
     tracing::info!(
         max_concurrent_requests = cfg.max_concurrent_requests,
+        max_concurrent_pulls = cfg.max_concurrent_pulls,
         unpack_parallelism = cfg.unpack_parallelism,
         max_layer_bytes = cfg.max_layer_bytes,
         max_layer_entries = cfg.max_layer_entries,
@@ -109,7 +110,8 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
         )))
         .add_service(ImagesServer::new({
             let images = ImageService::new(store, cfg.unpack_parallelism.max(1), hosts)
-                .with_gc_gate(gc_gate);
+                .with_gc_gate(gc_gate)
+                .with_concurrent_pulls(cfg.max_concurrent_pulls);
             match lazy {
                 Some(settings) => images.with_lazy(settings),
                 None => images,

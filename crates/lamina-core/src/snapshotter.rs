@@ -127,6 +127,9 @@ pub struct CleanupReport {
     pub removed: usize,
 }
 
+/// Key prefix of the active snapshot a layer is applied into before it is committed.
+const APPLY_PREFIX: &str = "lamina-apply/";
+
 /// containerd's snapshot model on one root directory.
 pub struct Snapshotter {
     root: PathBuf,
@@ -199,6 +202,7 @@ impl Snapshotter {
             inflight: Mutex::new(HashSet::new()),
             _lock: lock_,
         };
+        store.remove_interrupted_applies()?;
         let report = store.cleanup()?;
         if report.removed > 0 {
             tracing::info!(
@@ -206,7 +210,7 @@ impl Snapshotter {
                 "removed leftover snapshot directories"
             );
         }
-        for id in &ids {
+        for id in &store.meta.ids()? {
             let fs = store.backend.fs_dir(*id);
             if !fs.is_dir() {
                 tracing::error!(id, path = %fs.display(), "snapshot record without its directory");
@@ -526,6 +530,27 @@ impl Snapshotter {
         Ok(out)
     }
 
+    /// Removes the working snapshots of layer applies a crash cut off: nobody else
+    /// knows their keys, so nothing else would ever remove them (found by the crash
+    /// harness as orphaned active snapshots after a pull was killed).
+    fn remove_interrupted_applies(&self) -> Result<()> {
+        let mut left = Vec::new();
+        self.meta.for_each(|key, _| {
+            if key.starts_with(APPLY_PREFIX) {
+                left.push(key.to_owned());
+            }
+            true
+        })?;
+        for key in left {
+            tracing::info!(
+                key,
+                "removing the working snapshot of an interrupted layer apply"
+            );
+            self.remove(&key)?;
+        }
+        Ok(())
+    }
+
     /// Deletes snapshot directories that no record refers to (removed snapshots whose
     /// directory removal failed, and leftovers of a crash).
     pub fn cleanup(&self) -> Result<CleanupReport> {
@@ -578,7 +603,7 @@ impl Snapshotter {
         if self.meta.get(name)?.is_some() {
             return Err(Error::AlreadyExists { key: name.into() });
         }
-        let key = format!("lamina-apply/{}/{name}", now_nanos());
+        let key = format!("{APPLY_PREFIX}{}/{name}", now_nanos());
         self.prepare(&key, parent, Labels::new())?;
         let result = (|| {
             let rec = self.get(&key)?;

@@ -177,6 +177,41 @@ fn leftovers_are_cleaned_and_ids_never_reused() {
     assert!(s.stat("keep").is_ok());
 }
 
+/// Found by the crash harness: a pull killed while it applied a layer left the apply's
+/// working snapshot (a key nobody else knows) as an orphaned active snapshot for good.
+#[test]
+fn an_interrupted_layer_apply_leaves_no_snapshot_after_a_restart() {
+    require_root();
+    let t = tmp();
+    for backend in [BackendKind::Overlayfs, BackendKind::Native] {
+        let dir = t.path().join(backend.as_str());
+        {
+            let s = open(&dir, backend);
+            s.prepare("base", "", Labels::new()).unwrap();
+            // What the apply had made when the crash came.
+            s.prepare(
+                "lamina-apply/1795523195930636889/sha256:abc",
+                "",
+                Labels::new(),
+            )
+            .unwrap();
+            s.close();
+        }
+        let s = open(&dir, backend);
+        let mut keys = Vec::new();
+        s.walk(&lamina_core::filter::Filter::default(), |info| {
+            keys.push(info.name);
+            true
+        })
+        .unwrap();
+        assert_eq!(keys, ["base"], "{backend:?}");
+        let dirs = std::fs::read_dir(dir.join("root/snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(dirs, 1, "{backend:?}: one directory per snapshot");
+    }
+}
+
 #[test]
 fn removing_a_snapshot_never_deletes_through_a_mount() {
     require_root();

@@ -189,14 +189,34 @@ impl MetaStore {
     }
 
     /// Inserts committed snapshot `name` made by a merge or diff, with its extra record,
-    /// checking in the same transaction that the name is free and every source exists
-    /// and is committed; each source then counts it as a dependant.
-    pub fn insert_derived(&self, name: &str, rec: &Record, extra: &Extra) -> Result<()> {
+    /// checking in the same transaction that the name is free, every source exists and
+    /// is committed, and every snapshot in `built_on` (name, id) is still the one that
+    /// was read (`extra.stack` holds their ids); each source then counts it as a
+    /// dependant.
+    pub fn insert_derived(
+        &self,
+        name: &str,
+        rec: &Record,
+        extra: &Extra,
+        built_on: &[(String, u64)],
+    ) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(SNAPSHOTS)?;
             if table.get(name)?.is_some() {
                 return Err(Error::AlreadyExists { key: name.into() });
+            }
+            for (source, id) in built_on {
+                let same = match table.get(source.as_str())? {
+                    Some(v) => decode(source, v.value())?.id == *id,
+                    None => false,
+                };
+                if !same {
+                    return Err(Error::NotFound {
+                        key: source.clone(),
+                        context: " (source; removed while the snapshot was made)",
+                    });
+                }
             }
             for source in &extra.sources {
                 check_parent(&table, source)?;
@@ -245,16 +265,25 @@ impl MetaStore {
         Ok(ids)
     }
 
-    /// Inserts a new active or view snapshot, checking in the same transaction that the
-    /// key is free and the parent exists and is committed.
-    pub fn insert(&self, key: &str, rec: &Record) -> Result<()> {
+    /// Inserts a new snapshot, checking in the same transaction that the key is free and
+    /// the parent exists, is committed and is still snapshot `parent_id` (the one the
+    /// caller built on: its chain was read before this transaction; a parent removed
+    /// and made again under its name meanwhile is another snapshot, and the new one
+    /// would stack the removed one's trees).
+    pub fn insert(&self, key: &str, rec: &Record, parent_id: Option<u64>) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(SNAPSHOTS)?;
             if table.get(key)?.is_some() {
                 return Err(Error::AlreadyExists { key: key.into() });
             }
-            check_parent(&table, &rec.parent)?;
+            let actual = check_parent(&table, &rec.parent)?;
+            if parent_id.is_some() && actual != parent_id {
+                return Err(Error::NotFound {
+                    key: rec.parent.clone(),
+                    context: " (parent; removed while the snapshot was made)",
+                });
+            }
             table.insert(key, encode(rec).as_slice())?;
             if !rec.parent.is_empty() {
                 txn.open_table(CHILDREN)?
@@ -290,8 +319,18 @@ impl MetaStore {
         Ok(duplicates)
     }
 
-    /// Turns active snapshot `key` into committed snapshot `name`.
-    pub fn commit(&self, key: &str, name: &str, labels: Labels, usage: Usage) -> Result<Record> {
+    /// Turns active snapshot `key` into committed snapshot `name`, provided `key` is
+    /// still snapshot `id` (the one whose tree the caller measured or sealed): one
+    /// removed and prepared again under its key meanwhile is another snapshot, and its
+    /// record must not get the first one's usage or image.
+    pub fn commit(
+        &self,
+        key: &str,
+        id: u64,
+        name: &str,
+        labels: Labels,
+        usage: Usage,
+    ) -> Result<Record> {
         let txn = self.db.begin_write()?;
         let rec = {
             let mut table = txn.open_table(SNAPSHOTS)?;
@@ -299,6 +338,12 @@ impl MetaStore {
                 Some(v) => decode(key, v.value())?,
                 None => return Err(Error::not_found(key)),
             };
+            if rec.id != id {
+                return Err(Error::NotFound {
+                    key: key.into(),
+                    context: " (removed while it was being committed)",
+                });
+            }
             if rec.kind != Kind::Active {
                 return Err(Error::FailedPrecondition(format!(
                     "snapshot {key:?} is a {} snapshot: only active snapshots can be committed",
@@ -441,9 +486,10 @@ impl MetaStore {
     }
 }
 
-fn check_parent(table: &redb::Table<&str, &[u8]>, parent: &str) -> Result<()> {
+/// Checks that `parent` ("" = none) exists and is committed; gives its id.
+fn check_parent(table: &redb::Table<&str, &[u8]>, parent: &str) -> Result<Option<u64>> {
     if parent.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let rec = match table.get(parent)? {
         Some(v) => decode(parent, v.value())?,
@@ -460,5 +506,97 @@ fn check_parent(table: &redb::Table<&str, &[u8]>, parent: &str) -> Result<()> {
             rec.kind
         )));
     }
-    Ok(())
+    Ok(Some(rec.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64, kind: Kind, parent: &str) -> Record {
+        Record {
+            id,
+            kind,
+            parent: parent.into(),
+            labels: Labels::new(),
+            created: 0,
+            updated: 0,
+            usage: None,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, MetaStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta =
+            MetaStore::open(&dir.path().join("m.redb"), crate::BackendKind::Overlayfs).unwrap();
+        (dir, meta)
+    }
+
+    fn not_found(r: Result<impl std::fmt::Debug>, key: &str) {
+        match r {
+            Err(Error::NotFound { key: k, .. }) if k == key => {}
+            other => panic!("expected NotFound for {key}, got {other:?}"),
+        }
+    }
+
+    // Found by lamina-loadtest: a parent removed and committed again under its name
+    // between reading its chain and the insert gave the child the removed parent's trees.
+    #[test]
+    fn insert_refuses_a_parent_replaced_since_its_chain_was_read() {
+        let (_d, meta) = store();
+        meta.insert("p", &rec(1, Kind::Committed, ""), None)
+            .unwrap();
+        meta.remove("p").unwrap();
+        meta.insert("p", &rec(2, Kind::Committed, ""), None)
+            .unwrap();
+        not_found(
+            meta.insert("child", &rec(3, Kind::Active, "p"), Some(1)),
+            "p",
+        );
+        assert!(meta.get("child").unwrap().is_none());
+        meta.insert("child", &rec(3, Kind::Active, "p"), Some(2))
+            .unwrap();
+    }
+
+    #[test]
+    fn commit_refuses_a_key_prepared_again_since_it_was_read() {
+        let (_d, meta) = store();
+        meta.insert("a", &rec(1, Kind::Active, ""), None).unwrap();
+        meta.remove("a").unwrap();
+        meta.insert("a", &rec(2, Kind::Active, ""), None).unwrap();
+        let usage = Usage::default();
+        not_found(meta.commit("a", 1, "c", Labels::new(), usage), "a");
+        assert_eq!(meta.get("a").unwrap().unwrap().kind, Kind::Active);
+        assert_eq!(
+            meta.commit("a", 2, "c", Labels::new(), usage).unwrap().id,
+            2
+        );
+    }
+
+    #[test]
+    fn insert_derived_refuses_a_source_replaced_since_it_was_read() {
+        let (_d, meta) = store();
+        meta.insert("s", &rec(1, Kind::Committed, ""), None)
+            .unwrap();
+        meta.remove("s").unwrap();
+        meta.insert("s", &rec(2, Kind::Committed, ""), None)
+            .unwrap();
+        let extra = Extra {
+            stack: vec![1],
+            sources: vec!["s".into()],
+            layer_form: false,
+        };
+        let merged = rec(3, Kind::Committed, "");
+        not_found(
+            meta.insert_derived("m", &merged, &extra, &[("s".into(), 1)]),
+            "s",
+        );
+        assert!(meta.get("m").unwrap().is_none());
+        let extra = Extra {
+            stack: vec![2],
+            ..extra
+        };
+        meta.insert_derived("m", &merged, &extra, &[("s".into(), 2)])
+            .unwrap();
+    }
 }

@@ -323,9 +323,15 @@ impl Snapshotter {
                 Some(bytes) => self.backend.create_writable_image(id, bytes),
                 None => Ok(()),
             });
+        // The parent's own id: the insert checks that the parent is still this snapshot.
+        let built_on: Vec<(String, u64)> = chain
+            .first()
+            .map(|&p| (parent.to_owned(), p))
+            .into_iter()
+            .collect();
         if let Err(e) = created {
             self.discard(id);
-            return Err(e);
+            return Err(self.vanished(&built_on).unwrap_or(e));
         }
         let now = now_nanos();
         let rec = Record {
@@ -337,7 +343,7 @@ impl Snapshotter {
             updated: now,
             usage: None,
         };
-        if let Err(e) = self.meta.insert(key, &rec) {
+        if let Err(e) = self.meta.insert(key, &rec, chain.first().copied()) {
             self.discard(id);
             return Err(e);
         }
@@ -379,6 +385,22 @@ impl Snapshotter {
             set: &self.inflight,
             id,
         }
+    }
+
+    /// When work on the trees of `built_on` (name, id) failed: NotFound if one of them
+    /// was removed (or removed and made again under its name) meanwhile, as that, not
+    /// the I/O error it caused, is the answer a client can act on.
+    fn vanished(&self, built_on: &[(String, u64)]) -> Option<Error> {
+        built_on
+            .iter()
+            .find_map(|(name, id)| match self.meta.get(name) {
+                Ok(Some(rec)) if rec.id == *id => None,
+                Ok(_) => Some(Error::NotFound {
+                    key: name.clone(),
+                    context: " (removed while in use)",
+                }),
+                Err(_) => None,
+            })
     }
 
     /// Deletes the directory of a snapshot whose record never committed.
@@ -425,15 +447,22 @@ impl Snapshotter {
             // The image is built (and synced) before the record says committed; the tree
             // gives way to the mounted image after. A crash in between is finished by
             // `open` (a committed layer with its image is always mounted from it).
-            let usage = self.backend.build_image(rec.id)?;
-            if let Err(e) = self.meta.commit(key, name, labels, usage) {
+            let this = [(key.to_owned(), rec.id)];
+            let usage = self
+                .backend
+                .build_image(rec.id)
+                .map_err(|e| self.vanished(&this).unwrap_or(e))?;
+            if let Err(e) = self.meta.commit(key, rec.id, name, labels, usage) {
                 let _ = std::fs::remove_file(self.backend.image_path(rec.id));
                 return Err(e);
             }
             return self.backend.activate_image(rec.id);
         }
-        let usage = self.backend.usage(rec.id)?;
-        self.meta.commit(key, name, labels, usage)?;
+        let usage = self
+            .backend
+            .usage(rec.id)
+            .map_err(|e| self.vanished(&[(key.to_owned(), rec.id)]).unwrap_or(e))?;
+        self.meta.commit(key, rec.id, name, labels, usage)?;
         Ok(())
     }
 
@@ -506,7 +535,11 @@ impl Snapshotter {
         let rec = self.get(key)?;
         match rec.usage {
             Some(u) if rec.kind == Kind::Committed => Ok(u),
-            _ => self.backend.usage(rec.id),
+            // Removed while its tree was walked: gone, not an I/O failure.
+            _ => self
+                .backend
+                .usage(rec.id)
+                .map_err(|e| self.vanished(&[(key.to_owned(), rec.id)]).unwrap_or(e)),
         }
     }
 
@@ -688,6 +721,7 @@ impl Snapshotter {
                     updated: now,
                     usage: Some(usage),
                 },
+                chain.first().copied(),
             )
         });
         if result.is_err() {

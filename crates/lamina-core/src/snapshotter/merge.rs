@@ -121,12 +121,16 @@ impl Snapshotter {
         })
     }
 
-    fn plan(&self, spec: &DiffSpec) -> Result<Plan> {
+    /// The plan of one diff; adds the snapshots it reads (name, id) to `built_on`.
+    fn plan(&self, spec: &DiffSpec, built_on: &mut Vec<(String, u64)>) -> Result<Plan> {
         let upper = self.committed("upper", &spec.upper)?;
+        built_on.push((spec.upper.clone(), upper.id));
         let lower = if spec.lower.is_empty() {
             None
         } else {
-            Some(self.committed("lower", &spec.lower)?)
+            let lower = self.committed("lower", &spec.lower)?;
+            built_on.push((spec.lower.clone(), lower.id));
+            Some(lower)
         };
         let extra = self.meta.extra(&spec.upper)?.unwrap_or_default();
         let own_layer = match self.backend_kind {
@@ -154,9 +158,10 @@ impl Snapshotter {
         if self.meta.get(key)?.is_some() {
             return Err(Error::AlreadyExists { key: key.into() });
         }
+        let mut built_on = Vec::new();
         let plans = diffs
             .iter()
-            .map(|d| self.plan(d))
+            .map(|d| self.plan(d, &mut built_on))
             .collect::<Result<Vec<_>>>()?;
         let layer_ids: Vec<u64> = plans
             .iter()
@@ -186,7 +191,7 @@ impl Snapshotter {
         } else {
             (Extra::default(), Some(Target::FullTree))
         };
-        let report = self.derive(key, labels, &plans, target, extra)?;
+        let report = self.derive(key, labels, &plans, target, extra, &built_on)?;
         Ok(MergeReport {
             method: if stack {
                 MergeMethod::Stacked
@@ -216,12 +221,13 @@ impl Snapshotter {
         if self.meta.get(key)?.is_some() {
             return Err(Error::AlreadyExists { key: key.into() });
         }
-        let plan = self.plan(&DiffSpec::new(lower, upper))?;
+        let mut built_on = Vec::new();
+        let plan = self.plan(&DiffSpec::new(lower, upper), &mut built_on)?;
         let extra = Extra {
             layer_form: true,
             ..Extra::default()
         };
-        self.derive(key, labels, &[plan], Some(Target::Layer), extra)
+        self.derive(key, labels, &[plan], Some(Target::Layer), extra, &built_on)
     }
 
     /// Writes the changes from `lower` ("" = an empty tree) to `upper` as an OCI layer.
@@ -232,7 +238,7 @@ impl Snapshotter {
         compression: Compression,
         out: impl std::io::Write,
     ) -> Result<DiffReport> {
-        let plan = self.plan(&DiffSpec::new(lower, upper))?;
+        let plan = self.plan(&DiffSpec::new(lower, upper), &mut Vec::new())?;
         Ok(crate::layer::write_diff(plan.source(), compression, out)?)
     }
 
@@ -243,7 +249,9 @@ impl Snapshotter {
 
     /// Makes committed snapshot `key` from `plans`: its directory is created, filled
     /// (`target` given) or left empty (stacked), synced, and only then recorded, so a
-    /// crash leaves no record without its tree.
+    /// crash leaves no record without its tree. `built_on` (name, id) are the snapshots
+    /// the plans read: one removed meanwhile makes this NotFound (the record is only
+    /// written if all are still the ones read).
     fn derive(
         &self,
         key: &str,
@@ -251,6 +259,7 @@ impl Snapshotter {
         plans: &[Plan],
         target: Option<Target>,
         extra: Extra,
+        built_on: &[(String, u64)],
     ) -> Result<MergeReport> {
         if target.is_some() && self.backend_kind == BackendKind::Block {
             // A materialised tree is made of hard links to the sources' files, and the
@@ -282,7 +291,7 @@ impl Snapshotter {
             Ok(b) => b,
             Err(e) => {
                 self.discard(id);
-                return Err(e);
+                return Err(self.vanished(built_on).unwrap_or(e));
             }
         };
         let now = now_nanos();
@@ -295,7 +304,7 @@ impl Snapshotter {
             updated: now,
             usage: Some(usage),
         };
-        if let Err(e) = self.meta.insert_derived(key, &rec, &extra) {
+        if let Err(e) = self.meta.insert_derived(key, &rec, &extra, built_on) {
             self.discard(id);
             return Err(e);
         }

@@ -162,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         verify::resolve_pending(&mut m, &client, &mut outcomes);
         let checked = verify::verify(&mut m, &client, &spec.root, &mnt);
         trees_checked += checked.trees;
+        verify::check_mounts(&mut m, &spec.root);
         verify::check_work_dir(
             &mut m,
             &work,

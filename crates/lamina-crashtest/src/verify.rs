@@ -347,3 +347,48 @@ pub fn check_work_dir(model: &mut Model, work: &Path, allowed: &[&str]) {
         ));
     }
 }
+
+/// Mounts and loop devices laminad holds under its root: each mount point mounted once
+/// (a restart that mounted a layer image again on top would stack them), and no loop
+/// device left on a deleted file or twice on the same one.
+pub fn check_mounts(model: &mut Model, root: &Path) {
+    let prefix = format!("{}/", root.display());
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in text.lines() {
+            if let Some(point) = line.split(' ').nth(4) {
+                if point.starts_with(&prefix) {
+                    *seen.entry(point.to_owned()).or_default() += 1;
+                }
+            }
+        }
+    }
+    for (point, n) in seen {
+        if n > 1 {
+            model.violation(format!("{point} is mounted {n} times over"));
+        }
+    }
+    let mut backing = std::collections::HashMap::<String, usize>::new();
+    if let Ok(devices) = std::fs::read_dir("/sys/block") {
+        for dev in devices.flatten() {
+            let file = dev.path().join("loop/backing_file");
+            if let Ok(name) = std::fs::read_to_string(&file) {
+                let name = name.trim().to_owned();
+                if name.starts_with(&prefix) {
+                    if name.ends_with("(deleted)") {
+                        model.violation(format!(
+                            "loop device {} is left on deleted file {name}",
+                            dev.file_name().to_string_lossy()
+                        ));
+                    }
+                    *backing.entry(name).or_default() += 1;
+                }
+            }
+        }
+    }
+    for (file, n) in backing {
+        if n > 1 {
+            model.violation(format!("{n} loop devices on {file}"));
+        }
+    }
+}

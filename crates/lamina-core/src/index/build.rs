@@ -647,7 +647,10 @@ fn toc_entry<R: Read>(
     let name = path.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
     let kind = if name == b".wh..wh..opq" {
         EntryKind::Opaque
-    } else if name.starts_with(b".wh.") {
+    } else if let Some(hidden) = name.strip_prefix(b".wh.") {
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(bad(&raw_path, "whiteout of \"\", \".\" or \"..\""));
+        }
         EntryKind::Whiteout
     } else {
         match ty {

@@ -321,6 +321,13 @@ impl LayerIndex {
         if crate::layer::clean_path(&e.path).as_os_str() != e.path.as_os_str() {
             return Err("path is not clean".into());
         }
+        if e.kind == EntryKind::Whiteout
+            && e.path
+                .file_name()
+                .is_some_and(|n| matches!(n.as_bytes(), b".wh." | b".wh.." | b".wh..."))
+        {
+            return Err("whiteout of \"\", \".\" or \"..\"".into());
+        }
         if e.mode > 0o7777 {
             return Err(format!("mode {:o} has bits above 0o7777", e.mode));
         }

@@ -429,6 +429,11 @@ impl<'o> Applier<'o> {
             if hidden.starts_with(b".wh.") {
                 return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.): nothing to apply
             }
+            if matches!(hidden, b"" | b"." | b"..") {
+                // `.wh..` would delete the directory itself, `.wh...` its parent, which
+                // for the top directory is outside the destination.
+                return Err(bad(path, "whiteout of \"\", \".\" or \"..\"".into()));
+            }
             return self.whiteout(parent, OsStr::from_bytes(hidden), meta.mtime);
         }
         match kind {

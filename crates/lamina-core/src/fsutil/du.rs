@@ -17,7 +17,14 @@ pub fn disk_usage(root: &Path) -> Result<Usage> {
     account(&meta, &mut seen, &mut usage);
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).ctx("read directory", &dir)? {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            // A directory removed since it was listed (an active snapshot may be in use):
+            // it holds nothing any more. The root itself missing stays an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
+            Err(e) => return Err(crate::Error::io("read directory", dir, e)),
+        };
+        for entry in entries {
             let entry = entry.ctx("read directory", &dir)?;
             let path = entry.path();
             let meta = match std::fs::symlink_metadata(&path) {
@@ -57,5 +64,43 @@ mod tests {
         assert_eq!(before, after);
         assert_eq!(after.inodes, 2);
         assert!(after.size >= 100_000);
+    }
+
+    // Found by lamina-loadtest: a Commit (which measures the tree) of an active snapshot
+    // a container was writing into failed with Internal when a directory went away
+    // between being listed and being read.
+    #[test]
+    fn directories_removed_during_the_walk_are_skipped() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        const ROUNDS: u32 = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let rounds = std::sync::Arc::new(AtomicU32::new(0));
+        let churn = {
+            let (root, rounds) = (root.clone(), rounds.clone());
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    for i in 0..20 {
+                        let d = root.join(format!("d{i}/sub/deeper"));
+                        std::fs::create_dir_all(&d).unwrap();
+                        std::fs::write(d.join("f"), b"x").unwrap();
+                    }
+                    for i in 0..20 {
+                        std::fs::remove_dir_all(root.join(format!("d{i}"))).unwrap();
+                    }
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        // Walks for as long as the other thread makes and removes trees.
+        let mut walks = 0;
+        while rounds.load(Ordering::Relaxed) < ROUNDS {
+            disk_usage(&root).unwrap();
+            walks += 1;
+        }
+        churn.join().unwrap();
+        assert!(walks > 0);
+        std::fs::remove_dir(&root).unwrap();
+        assert!(disk_usage(&root).is_err(), "a missing root is an error");
     }
 }

@@ -17,7 +17,7 @@ use lamina_proto::lamina::v1::merges_server::MergesServer;
 use lamina_proto::snapshots::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::cache::CacheService;
 use crate::config::Config;
@@ -117,12 +117,53 @@ async fn serve(cfg: Config, store: Arc<Snapshotter>) -> anyhow::Result<()> {
                 None => images,
             }
         }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(accept_loop(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&cfg.socket);
     result.context("gRPC server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts connections for the gRPC server. An accept that fails (above all for want of
+/// file descriptors, EMFILE/ENFILE) is logged and retried after a pause: handing the
+/// error to the server would end it, and with it every request in flight. Ends when the
+/// server stops taking connections.
+fn accept_loop(listener: UnixListener) -> ReceiverStream<std::io::Result<tokio::net::UnixStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            let conn = tokio::select! {
+                r = listener.accept() => r,
+                () = tx.closed() => return,
+            };
+            match conn {
+                Ok((stream, _)) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("accepting connections again");
+                    }
+                    if tx.send(Ok(stream)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        match e.raw_os_error() {
+                            Some(libc::EMFILE | libc::ENFILE) => tracing::error!(
+                                error = %e,
+                                "cannot accept connections: out of file descriptors; \
+                                 raise laminad's LimitNOFILE (retrying)"
+                            ),
+                            _ => tracing::error!(error = %e, "accepting a connection (retrying)"),
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Raises the soft limit on open files to the hard limit, as containerd does: every

@@ -9,6 +9,16 @@ use lamina_proto::lamina::v1 as lpb;
 use lamina_proto::lamina::v1::layers_client::LayersClient;
 use tonic::Code;
 
+/// A process killed (and reaped) when dropped, so a failing test leaves none behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A gzip-compressed tar of regular files.
 fn tar_gz(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -102,7 +112,10 @@ fn open_file_limit_is_raised_to_the_hard_limit() {
         .arg(&d.socket)
         .args(["--log-level", "info"])
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("run prlimit (util-linux)");
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run prlimit (util-linux)");
     let start = std::time::Instant::now();
     while std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
         assert!(
@@ -160,4 +173,67 @@ async fn requests_beyond_the_limit_wait_instead_of_failing() {
     let mut c = d.client().await;
     assert!(list(&mut c, &[]).await.unwrap().is_empty());
     assert!(d.snapshot_dirs().is_empty());
+}
+
+/// Out of file descriptors while accepting connections (EMFILE), laminad keeps running,
+/// says what to raise, and serves again once connections close.
+#[tokio::test(flavor = "multi_thread")]
+async fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    require_root();
+    let mut d = Daemon::start("overlayfs");
+    d.kill9();
+    let log_path = d.dir.path().join("emfile.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg(env!("CARGO_BIN_EXE_laminad"))
+        .arg("--root")
+        .arg(&d.root)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["--log-level", "info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("run prlimit (util-linux)");
+    let mut guard = Killed(child);
+    let child = &mut guard.0;
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait_for = |what: &str, child: &mut std::process::Child| {
+        let start = std::time::Instant::now();
+        while !read_log().contains(what) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "laminad exited ({status}) waiting for {what:?}:\n{}",
+                    read_log()
+                );
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "no {what:?} in laminad's log:\n{}",
+                read_log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("serving", child);
+    // More connections than descriptors: the server accepts until EMFILE.
+    let conns: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    wait_for("out of file descriptors", child);
+    assert!(read_log().contains("LimitNOFILE"), "{}", read_log());
+    drop(conns);
+    let mut c = d.client().await;
+    list(&mut c, &[])
+        .await
+        .expect("laminad serves again once connections close");
+    assert!(child.try_wait().unwrap().is_none(), "laminad still runs");
+    assert!(
+        read_log().contains("accepting connections again"),
+        "{}",
+        read_log()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

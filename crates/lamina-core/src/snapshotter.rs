@@ -1115,30 +1115,3 @@ pub fn next_chain_id(parent: Option<&str>, diff_id: &str) -> String {
         Some(prev) => crate::layer::Digest::of(format!("{prev} {diff_id}").as_bytes()).to_string(),
     }
 }
-
-/// Creates the root (mode 0700) if missing and refuses one that is a symlink.
-fn prepare_root(root: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    if let Ok(meta) = std::fs::symlink_metadata(root) {
-        if meta.file_type().is_symlink() {
-            return Err(Error::InvalidArgument(format!(
-                "root {} is a symlink; give the real directory",
-                root.display()
-            )));
-        }
-        if !meta.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "root {} is not a directory",
-                root.display()
-            )));
-        }
-    } else {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .ctx("mkdir", root)?;
-    }
-    let root = std::fs::canonicalize(root).ctx("resolve", root)?;
-    Ok(root)
-}

@@ -20,6 +20,9 @@
 #      on demand equal a full pull byte for byte, outlive a laminad kill -9 (adopted on
 #      restart), give EIO in bounded time while the registry is down, and go away with
 #      their snapshots.
+#  10. scripts/tests/crash.sh: lamina-crashtest kills laminad at random points of a random
+#      operation mix (CRASH_POINTS per backend, 40 here; the full run is 500) and checks
+#      every invariant after each restart.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
 # ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
 # Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
@@ -105,6 +108,10 @@ record "lazy pull" "${PIPESTATUS[0]}"
 step "block backend: same trees as overlayfs, EROFS layer images, writable-layer quota (ENOSPC), nothing left after removal"
 bash "$HERE/scripts/tests/block_mode.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/block-mode" 2>&1
 record "block mode" "${PIPESTATUS[0]}"
+
+step "crash harness: laminad killed with SIGKILL at random points, every invariant checked after each restart (overlayfs, native, block)"
+bash "$HERE/scripts/tests/crash.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina-crashtest" "$MNT/crash" 2>&1
+record "crash harness" "${PIPESTATUS[0]}"
 
 export CONFORMANCE_TMPDIR=$MNT/conformance
 mkdir -p "$CONFORMANCE_TMPDIR"

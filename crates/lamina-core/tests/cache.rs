@@ -733,3 +733,54 @@ fn leases_list_with_filters_and_reject_bad_input() {
         .unwrap();
     assert!(cache.lease_resources("one").unwrap().is_empty());
 }
+
+// Found by lamina-loadtest: a prune (and so a GC) failed with NotFound for a lease that
+// another client deleted while the collector was reading the leases; the same for an
+// expired lease deleted between the collector listing it and deleting it.
+#[test]
+fn collections_run_while_leases_are_deleted() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const ROUNDS: u32 = 60;
+    let dir = common::tmp("lamina-cache-test-");
+    let (store, cache) = open(dir.path());
+    store
+        .prepare("rooted", "", labels(&[(LABEL_GC_ROOT, "1")]))
+        .unwrap();
+    let rounds = Arc::new(AtomicU32::new(0));
+    let churn = {
+        let (cache, rounds) = (cache.clone(), rounds.clone());
+        std::thread::spawn(move || {
+            for i in 0..ROUNDS {
+                for j in 0..8 {
+                    let id = format!("lease-{i}-{j}");
+                    // Every other one expired already: collections delete those too.
+                    let expires = (j % 2 == 1).then(|| ago(60));
+                    cache.create_lease(&id, Labels::new(), expires).unwrap();
+                    let held = LeaseResource::parse("snapshots", "rooted").unwrap();
+                    match cache.add_lease_resource(&id, &held) {
+                        Ok(()) => {}
+                        Err(Error::Cache(CacheError::LeaseNotFound { .. })) if j % 2 == 1 => {}
+                        Err(e) => panic!("add to {id}: {e}"),
+                    }
+                }
+                for j in 0..8 {
+                    match cache.delete_lease(&format!("lease-{i}-{j}")) {
+                        Ok(()) => {}
+                        Err(Error::Cache(CacheError::LeaseNotFound { .. })) if j % 2 == 1 => {}
+                        Err(e) => panic!("delete lease-{i}-{j}: {e}"),
+                    }
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut collections = 0;
+    while rounds.load(Ordering::Relaxed) < ROUNDS {
+        cache.gc().unwrap();
+        cache.prune(&PruneOptions::default()).unwrap();
+        collections += 1;
+    }
+    churn.join().unwrap();
+    assert!(collections > 0);
+    assert_eq!(keys(&store), set(&["rooted"]));
+}

@@ -249,7 +249,12 @@ impl CacheManager {
     pub(crate) fn all_leases(&self) -> Result<Vec<(Lease, Vec<LeaseResource>)>> {
         let mut out = Vec::new();
         for lease in self.leases::<&str>(&[])? {
-            let res = self.lease_resources(&lease.id)?;
+            let res = match self.lease_resources(&lease.id) {
+                Ok(r) => r,
+                // Deleted since it was listed: it holds nothing.
+                Err(crate::Error::Cache(CacheError::LeaseNotFound { .. })) => continue,
+                Err(e) => return Err(e),
+            };
             out.push((lease, res));
         }
         Ok(out)
@@ -267,11 +272,17 @@ impl CacheManager {
             return Ok(expired);
         }
         let txn = self.inner.store.db().begin_write()?;
-        for id in &expired {
-            delete_in(&txn, id)?;
+        let mut deleted = Vec::with_capacity(expired.len());
+        for id in expired {
+            match delete_in(&txn, &id) {
+                Ok(()) => deleted.push(id),
+                // Deleted by its owner since it was listed.
+                Err(crate::Error::Cache(CacheError::LeaseNotFound { .. })) => {}
+                Err(e) => return Err(e),
+            }
         }
         txn.commit()?;
-        Ok(expired)
+        Ok(deleted)
     }
 }
 

@@ -86,9 +86,11 @@ run_backend() { # run_backend BACKEND SECONDS
   if [ "$records" -eq 2 ] && [ "$dirs" -eq 2 ]; then
     ok "$b: after Cleanup, $dirs snapshot directories for $records records (the kept two; the run removed its own)"
   else bad "$b: after Cleanup, $dirs snapshot directories, $records records (want 2 and 2): $(L snapshot ls 2>&1 | head -5)"; fi
-  if L snapshot info keep-base 2>/dev/null | grep -qi committed && L snapshot mounts keep-active >/dev/null 2>&1; then
+  local info  # read whole first: grep -q under pipefail would fail on lamina's SIGPIPE
+  info=$(L snapshot info keep-base 2>&1)
+  if grep -q 'kind: *committed' <<<"$info" && L snapshot mounts keep-active >/dev/null 2>&1; then
     ok "$b: the snapshots made before the load are intact"
-  else bad "$b: kept snapshots: $(L snapshot info keep-base 2>&1 | head -3)"; fi
+  else bad "$b: kept snapshots: $(head -3 <<<"$info")"; fi
   # 4. a clean stop, a restart on the same root, nothing left mounted.
   if stop; then ok "$b: laminad stopped cleanly on SIGTERM"; else bad "$b: laminad exited non-zero on SIGTERM"; fi
   if start "$n" "$b" && L snapshot info keep-base >/dev/null 2>&1 && L snapshot info keep-active >/dev/null 2>&1 && stop; then

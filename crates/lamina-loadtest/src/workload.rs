@@ -790,10 +790,16 @@ impl Client {
 
     async fn create_lease(&mut self) {
         let id = self.lease_id();
+        // Some expire within seconds: collections then delete them, racing DeleteLease.
+        let expire_at = self.rng.chance(30).then(|| {
+            let at =
+                std::time::SystemTime::now() + Duration::from_millis(500 + self.rng.below(2500));
+            prost_types::Timestamp::from(at)
+        });
         let req = lpb::CreateLeaseRequest {
             id: id.clone(),
             labels: labels(&[(LABEL_LOADTEST, "1")]),
-            expire_at: None,
+            expire_at,
         };
         self.calls += 1;
         let (took, r) = timed(self.cache.create_lease(req)).await;

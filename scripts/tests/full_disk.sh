@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # full_disk.sh: a pull that runs out of disk space fails cleanly (issue: limits with clear
 # errors). For each backend (overlayfs, block), laminad's root is a small loop-mounted
-# ext4 (256 MiB) and a docker-registry on 127.0.0.1 (started here) serves two images built
-# here: the bench generator's small image, and "big" (a small layer under one layer of
-# 4 x 24 MiB files that compress to almost nothing, so the disk fills while unpacking, not
-# while downloading).
+# ext4 (320 MiB) and a docker-registry on 127.0.0.1 (started here) serves three images
+# built here: the bench generator's small image; "big", a small layer under one layer of
+# 4 x 24 MiB files that compress to almost nothing (the disk fills while unpacking, not
+# while downloading); "rand", one layer holding a 48 MiB random file (its blob alone does
+# not fit: the disk fills while downloading too).
 #  1. The small image pulls; its rootfs is hashed (`lamina manifest`).
-#  2. A ballast file leaves ~40 MiB free; pulling big fails with a clear error
+#  2. A ballast file leaves ~40 MiB free; pulling big, then rand, fails with a clear error
 #     (ResourceExhausted, "No space left on device", naming the layer and the file being
 #     written) and laminad stays up.
 #  3. The small image's snapshots are intact: each layer's info answers, its rootfs hashes
-#     as before; after `lamina snapshot cleanup` no snapshot directory of the failed pull
-#     is left (directories == records) and the space it took is free again.
+#     as before; after `lamina snapshot cleanup` no snapshot directory of the failed pulls
+#     is left (directories == records) and the space they took is free again (no partial
+#     download is kept: on a full disk it is what is in the way).
 #  4. laminad restarted finds a consistent store (same images, directories == records).
-#  5. The ballast removed, the same pull succeeds and its rootfs holds the big files.
+#  5. The ballast removed, the same pulls succeed and their rootfs hold their files.
 # Then limits through `lamina pull`: a daemon with max_layer_bytes = 64 MiB,
 # max_layer_entries = 100 and max_concurrent_pulls = 1 refuses big and small (pulled at
 # the same time) with InvalidArgument naming the setting and the limit, leaving no
@@ -86,16 +88,45 @@ index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.im
 json.dump(index, open(os.path.join(out, "index.json"), "w"))
 open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0.0"}')
 PY
+# rand: one layer, one 48 MiB file of random bytes (gzip cannot shrink it).
+python3 - "$WORK/images/rand" <<'PY' || { bad "building the rand image"; finish; }
+import gzip, hashlib, io, json, os, sys, tarfile
+out = sys.argv[1]
+os.makedirs(os.path.join(out, "blobs", "sha256"), exist_ok=True)
+def blob(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(os.path.join(out, "blobs", "sha256", d), "wb").write(data)
+    return "sha256:" + d
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+    data = hashlib.shake_256(b"full-disk-rand").digest(48 << 20)
+    ti = tarfile.TarInfo("data/rand"); ti.size = len(data); ti.mode = 0o644; ti.mtime = 1700000000
+    tf.addfile(ti, io.BytesIO(data))
+tar = raw.getvalue()
+gz = gzip.compress(tar, compresslevel=1, mtime=0)
+config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]}}).encode()
+manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config), "size": len(config)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob(gz), "size": len(gz)}],
+}).encode()
+index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": blob(manifest), "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "rand"}}]}
+json.dump(index, open(os.path.join(out, "index.json"), "w"))
+open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0.0"}')
+PY
 registry_start || { bad "docker-registry did not start on $REGISTRY_ADDR"; finish; }
-SMALL=$REGISTRY_ADDR/bench/small:gzip BIG=$REGISTRY_ADDR/lamina/big:1
+SMALL=$REGISTRY_ADDR/bench/small:gzip BIG=$REGISTRY_ADDR/lamina/big:1 RAND=$REGISTRY_ADDR/lamina/rand:1
 skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/images/small-gzip:small-gzip" "docker://$SMALL" \
   && skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/images/big:big" "docker://$BIG" \
+  && skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/images/rand:rand" "docker://$RAND" \
   || { bad "skopeo push of the images"; finish; }
-# The big image's blobs: the content store keeps those it stored (valid blobs) after the
-# unpack failed, so at most this much of the freed space may stay taken.
+# The big image's blobs: the content store keeps those it stored whole (valid blobs)
+# after the unpack failed, so at most this much of the freed space may stay taken.
 BIG_BLOBS=$(du -sb "$WORK/images/big/blobs" | cut -f1)
-# The digest of its big layer, which the error must name.
-BIG_LAYER=$(python3 -c 'import json,sys; d=sys.argv[1]; b=lambda x: d+"/blobs/sha256/"+x.split(":")[1]; m=json.load(open(b(json.load(open(d+"/index.json"))["manifests"][0]["digest"]))); print(m["layers"][1]["digest"])' "$WORK/images/big")
+# top_layer LAYOUT: the digest of the image's top layer, which the errors must name.
+top_layer() { python3 -c 'import json,sys; d=sys.argv[1]; b=lambda x: d+"/blobs/sha256/"+x.split(":")[1]; m=json.load(open(b(json.load(open(d+"/index.json"))["manifests"][0]["digest"]))); print(m["layers"][-1]["digest"])' "$1"; }
+BIG_LAYER=$(top_layer "$WORK/images/big") RAND_LAYER=$(top_layer "$WORK/images/rand")
 
 # --- helpers ------------------------------------------------------------------------
 # start B: laminad with backend B on WORK/B/mnt/root (log appended to WORK/B/laminad.log).
@@ -137,26 +168,29 @@ tree() {
 for B in overlayfs block; do
   echo "--- $B backend"
   mkdir -p "$WORK/$B/mnt"
-  truncate -s 256M "$WORK/$B/disk.img"
+  truncate -s 320M "$WORK/$B/disk.img"
   mkfs.ext4 -q -F -m 0 "$WORK/$B/disk.img" && mount -o loop "$WORK/$B/disk.img" "$WORK/$B/mnt" \
-    || { bad "$B: making and mounting a 256 MiB ext4"; continue; }
+    || { bad "$B: making and mounting a 320 MiB ext4"; continue; }
   start "$B" || { bad "$B: laminad did not start"; unmount_all; continue; }
 
   # 1. the small image
   if L pull "$SMALL" >"$WORK/$B/pull-small.out" 2>&1 && tree "$SMALL" >"$WORK/$B/small.before"; then
     chains=$(L -o json images | python3 -c 'import json,sys; print(" ".join(c for i in json.load(sys.stdin) for c in i["chain_ids"]))')
-    ok "$B: small image pulled onto the 256 MiB disk ($(wc -l < "$WORK/$B/small.before") entries, $(($(avail) >> 20)) MiB left)"
+    ok "$B: small image pulled onto the 320 MiB disk ($(wc -l < "$WORK/$B/small.before") entries, $(($(avail) >> 20)) MiB left)"
   else bad "$B: pull of the small image: $(tail -3 "$WORK/$B/pull-small.out")"; stop; unmount_all; continue; fi
 
   # 2. the big image on a nearly full disk
   fallocate -l $(( $(avail) - (40 << 20) )) "$WORK/$B/mnt/ballast" || { bad "$B: fallocate ballast"; stop; unmount_all; continue; }
   before=$(avail)
-  if L pull "$BIG" >"$WORK/$B/pull-big.out" 2>&1; then
-    bad "$B: pulling 96 MiB into $((before >> 20)) MiB free succeeded"
-  elif grep -q "No space left on device" "$WORK/$B/pull-big.out" && grep -q "ResourceExhausted" "$WORK/$B/pull-big.out" \
-     && grep -qF "layer $BIG_LAYER" "$WORK/$B/pull-big.out"; then
-    ok "$B: pull of the big image with $((before >> 20)) MiB free failed: $(grep -o 'lamina: .*' "$WORK/$B/pull-big.out" | head -1)"
-  else bad "$B: pull of the big image failed without a clear ENOSPC error: $(tr '\n' ' ' < "$WORK/$B/pull-big.out" | cut -c1-400)"; fi
+  for case in "big|$BIG|$BIG_LAYER" "rand|$RAND|$RAND_LAYER"; do
+    IFS='|' read -r name ref layer <<<"$case"
+    out=$WORK/$B/pull-$name.out
+    if L pull "$ref" >"$out" 2>&1; then
+      bad "$B: pulling $name into $((before >> 20)) MiB free succeeded"
+    elif grep -q "No space left on device" "$out" && grep -q "ResourceExhausted" "$out" && grep -qF "layer $layer" "$out"; then
+      ok "$B: pull of $name with $((before >> 20)) MiB free failed: $(grep -o 'lamina: .*' "$out" | head -1)"
+    else bad "$B: pull of $name failed without a clear ENOSPC error naming layer $layer: $(tr '\n' ' ' < "$out" | cut -c1-400)"; fi
+  done
   if kill -0 "$DPID" 2>/dev/null && L images >/dev/null 2>&1; then ok "$B: laminad still up and answering after the failed pull"
   else bad "$B: laminad died or does not answer after the failed pull: $(tail -5 "$WORK/$B/laminad.log")"; start "$B"; fi
 
@@ -171,9 +205,10 @@ for B in overlayfs block; do
   else bad "$B: after Cleanup, $state"; fi
   after=$(avail)
   if [ "$after" -ge $(( before - BIG_BLOBS - (1 << 20) )) ]; then
-    ok "$B: space freed again: $((after >> 20)) MiB free after Cleanup, $((before >> 20)) MiB before the pull (its blobs: $((BIG_BLOBS >> 10)) KiB)"
-  else bad "$B: space not freed: $((after >> 20)) MiB free after Cleanup, $((before >> 20)) MiB before the pull"; fi
-  if L images 2>&1 | grep -qF "lamina/big"; then bad "$B: the failed pull recorded an image: $(L images)"; fi
+    ok "$B: space freed again: $((after >> 20)) MiB free after Cleanup, $((before >> 20)) MiB before the pulls (big's blobs: $((BIG_BLOBS >> 10)) KiB)"
+  else bad "$B: space not freed: $((after >> 20)) MiB free after Cleanup, $((before >> 20)) MiB before the pulls"; fi
+  if L images 2>&1 | grep -qF "lamina/"; then bad "$B: a failed pull recorded an image: $(L images)"; fi
+  if partial=$(find "$WORK/$B/mnt/root/content" -name '*.partial' | grep .); then bad "$B: partial downloads kept on a full disk: $partial"; fi
 
   # 4. a restart finds a consistent store
   if stop && start "$B" && state=$(consistent) && L images | grep -qF "bench/small" \
@@ -181,12 +216,14 @@ for B in overlayfs block; do
     ok "$B: restarted laminad finds a consistent store ($state, the small image recorded)"
   else bad "$B: after a restart: ${state:-no answer}; $(tail -5 "$WORK/$B/laminad.log")"; [ -n "$DPID" ] || start "$B"; fi
 
-  # 5. space freed: the same pull succeeds
+  # 5. space freed: the same pulls succeed
   rm -f "$WORK/$B/mnt/ballast"
   if L pull "$BIG" >"$WORK/$B/pull-big2.out" 2>&1 && tree "$BIG" >"$WORK/$B/big.tree" \
-     && [ "$(grep -c 'data/big-[0-9]' "$WORK/$B/big.tree")" -eq 4 ]; then
-    ok "$B: with the ballast removed the same pull succeeds (4 big files in its rootfs, $(($(avail) >> 20)) MiB left)"
-  else bad "$B: pull after freeing space: $(tail -3 "$WORK/$B/pull-big2.out") $(grep 'data/big-' "$WORK/$B/big.tree" 2>/dev/null | head -2)"; fi
+     && [ "$(grep -c 'data/big-[0-9]' "$WORK/$B/big.tree")" -eq 4 ] \
+     && L pull "$RAND" >"$WORK/$B/pull-rand2.out" 2>&1 && tree "$RAND" >"$WORK/$B/rand.tree" \
+     && grep -q 'data/rand' "$WORK/$B/rand.tree"; then
+    ok "$B: with the ballast removed the same pulls succeed (their files in their rootfs, $(($(avail) >> 20)) MiB left)"
+  else bad "$B: pulls after freeing space: $(tail -2 "$WORK/$B/pull-big2.out" "$WORK/$B/pull-rand2.out" 2>&1)"; fi
   if state=$(consistent); then ok "$B: at the end, $state"; else bad "$B: at the end, $state"; fi
   stop
   # The block backend's layer images stay mounted across restarts (by design): those go

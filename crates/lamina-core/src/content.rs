@@ -13,6 +13,12 @@ use sha2::{Digest as _, Sha256};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::Digest;
 
+/// Whether `e` is a write that failed for want of space (ENOSPC, or EDQUOT: a quota).
+fn out_of_space(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+}
+
 /// Blobs by digest.
 #[derive(Debug, Clone)]
 pub struct ContentStore {
@@ -174,7 +180,9 @@ impl ContentStore {
             file.sync_all().ctx("fsync", &tmp_path)
         })();
         if let Err(e) = result {
-            if !resumable {
+            // What arrived is kept for the next attempt, unless the disk is full: then
+            // those bytes are in the way, and would stay taken after the pull failed.
+            if !resumable || out_of_space(&e) {
                 let _ = std::fs::remove_file(&tmp_path);
             }
             return Err(e);

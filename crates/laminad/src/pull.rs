@@ -563,6 +563,7 @@ async fn pump(
                 .content()
                 .ingest_from(Some(&writer_digest), offset, ChannelReader::new(store_rx))
                 .map(|_| ())
+                .map_err(|e| e.in_layer(&writer_digest))
         }));
     if offset > 0 {
         tracing::info!(digest = %d, offset, "resuming an interrupted download");

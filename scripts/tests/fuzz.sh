@@ -50,7 +50,7 @@ else mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' "$HERE/fuzz/Cargo.
 [ ${#targets[@]} -gt 0 ] || { bad "no fuzz targets found in $HERE/fuzz/Cargo.toml"; finish; }
 
 cd "$HERE" || exit 1
-echo "building ${#targets[@]} fuzz targets (sanitizer: $SANITIZER, cache $CARGO_TARGET_DIR)"
+echo "building the fuzz targets (sanitizer: $SANITIZER, cache $CARGO_TARGET_DIR)"
 if ! cargo fuzz build --sanitizer "$SANITIZER" >"$WORK/build.log" 2>&1; then
   bad "cargo fuzz build: $(grep -m5 -E '^error' "$WORK/build.log"; tail -5 "$WORK/build.log")"
   finish

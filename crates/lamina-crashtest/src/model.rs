@@ -29,6 +29,10 @@ pub struct Snap {
     pub owner: Option<usize>,
     /// Snapshots it needs besides its parent (a stacked merge's sources).
     pub deps: Vec<String>,
+    /// Snapshots it may need: the sources of a merge whose answer was cut off (stacked
+    /// or hard-linked is not known). They are not removed while it lives, but a
+    /// collection may take them.
+    pub maybe_deps: Vec<String>,
 }
 
 impl Snap {
@@ -191,7 +195,7 @@ impl Model {
     pub fn has_dependants(&self, key: &str) -> bool {
         self.snaps
             .values()
-            .any(|s| s.parent == key || s.deps.iter().any(|d| d == key))
+            .any(|s| s.parent == key || s.deps.iter().chain(&s.maybe_deps).any(|d| d == key))
     }
 
     /// Snapshots garbage collection must keep: the rooted ones (root label, a recorded
@@ -219,6 +223,36 @@ impl Model {
         seen
     }
 
+    /// Why `key` must survive garbage collection, for messages.
+    pub fn why_kept(&self, key: &str) -> String {
+        let mut why = Vec::new();
+        if self.snaps.get(key).is_some_and(|s| s.rooted()) {
+            why.push("it has the root label".to_owned());
+        }
+        for (image, chain) in &self.images {
+            if chain.iter().any(|c| c == key) {
+                why.push(format!("image {image} uses it"));
+            }
+        }
+        for (k, s) in &self.snaps {
+            if s.parent == key {
+                why.push(format!(
+                    "{k} ({:?}, rooted: {}) is its child",
+                    s.kind,
+                    s.rooted()
+                ));
+            }
+            if s.deps.iter().any(|d| d == key) {
+                why.push(format!(
+                    "{k} ({:?}, rooted: {}) stacks it",
+                    s.kind,
+                    s.rooted()
+                ));
+            }
+        }
+        why.join("; ")
+    }
+
     /// Adds the pulled layer `chain_id` (its tree from the reference) if missing.
     pub fn add_pulled(&mut self, chain_id: &str) {
         if self.snaps.contains_key(chain_id) {
@@ -235,6 +269,7 @@ impl Model {
                     labels: None,
                     owner: None,
                     deps: Vec::new(),
+                    maybe_deps: Vec::new(),
                 },
             );
         }

@@ -157,6 +157,7 @@ fn prepare(shared: &Shared, client: &Client, worker: usize, rng: &mut StdRng, vi
                     labels: Some(labels),
                     owner: Some(worker),
                     deps: Vec::new(),
+                    maybe_deps: Vec::new(),
                 },
             );
         }
@@ -359,6 +360,7 @@ fn merge(shared: &Shared, client: &Client, worker: usize, rng: &mut StdRng) {
                     labels: Some(labels),
                     owner: Some(worker),
                     deps,
+                    maybe_deps: Vec::new(),
                 },
             );
         }
@@ -384,8 +386,9 @@ fn collect(shared: &Shared, client: &Client, prune: bool) {
             let protected = m.protected();
             for key in removed {
                 if protected.contains(&key) {
+                    let why = m.why_kept(&key);
                     m.violation(format!(
-                        "garbage collection removed {key}, which a root keeps"
+                        "garbage collection removed {key}, which a root keeps: {why}"
                     ));
                 } else if m.snaps.remove(&key).is_none() {
                     m.violation(format!(

@@ -15,9 +15,13 @@ pub type Outcomes = BTreeMap<&'static str, (u64, u64)>;
 
 /// Resolves `model.pending` by looking at the restarted store.
 pub fn resolve_pending(model: &mut Model, client: &Client, outcomes: &mut Outcomes) {
-    let pending = std::mem::take(&mut model.pending);
+    let mut pending = std::mem::take(&mut model.pending);
+    // A cut-off collection may have removed any snapshot no root keeps, including one
+    // another cut-off operation worked on: those are resolved first, knowing that.
+    let collected = pending.iter().any(|p| matches!(p, Pending::Collect));
+    pending.sort_by_key(|p| matches!(p, Pending::Collect));
     for op in pending {
-        let done = match resolve(model, client, &op) {
+        let done = match resolve(model, client, &op, collected) {
             Ok(done) => done,
             Err(e) => {
                 model.violation(format!("resolving a cut-off {}: {e:#}", op.op()));
@@ -39,7 +43,17 @@ fn stat(client: &Client, key: &str) -> anyhow::Result<Option<Info>> {
         .map_err(|s| anyhow::anyhow!("stat {key}: {s:?}"))
 }
 
-fn resolve(model: &mut Model, client: &Client, op: &Pending) -> anyhow::Result<bool> {
+/// Whether `key` may be gone because a cut-off collection removed it.
+fn maybe_collected(model: &Model, key: &str, collected: bool) -> bool {
+    collected && !model.protected().contains(key)
+}
+
+fn resolve(
+    model: &mut Model,
+    client: &Client,
+    op: &Pending,
+    collected: bool,
+) -> anyhow::Result<bool> {
     Ok(match op {
         Pending::Prepare {
             key,
@@ -67,6 +81,7 @@ fn resolve(model: &mut Model, client: &Client, op: &Pending) -> anyhow::Result<b
                         labels: Some(labels.clone()),
                         owner: Some(*owner),
                         deps: Vec::new(),
+                        maybe_deps: Vec::new(),
                     },
                 );
                 true
@@ -82,6 +97,10 @@ fn resolve(model: &mut Model, client: &Client, op: &Pending) -> anyhow::Result<b
                 true
             }
             (None, Some(a)) if a.kind == Kind::Active => false,
+            (None, None) if maybe_collected(model, key, collected) => {
+                model.snaps.remove(key);
+                false
+            }
             (c, a) => {
                 model.violation(format!(
                     "cut-off commit of {key} as {name} is half done: {name} = {c:?}, {key} = {a:?}"
@@ -98,6 +117,10 @@ fn resolve(model: &mut Model, client: &Client, op: &Pending) -> anyhow::Result<b
         },
         Pending::Update { key, old, new } => {
             let info = stat(client, key)?;
+            if info.is_none() && maybe_collected(model, key, collected) {
+                model.snaps.remove(key);
+                return Ok(false);
+            }
             let now = info.as_ref().and_then(|i| i.labels.get(UPDATE_LABEL));
             if now == Some(new) {
                 if let Some(l) = model.snaps.get_mut(key).and_then(|s| s.labels.as_mut()) {
@@ -133,8 +156,10 @@ fn resolve(model: &mut Model, client: &Client, op: &Pending) -> anyhow::Result<b
                         tree: tree.clone(),
                         labels: Some(labels.clone()),
                         owner: Some(*owner),
-                        // Stacked or not is unknown: never remove a source while it lives.
-                        deps: sources.clone(),
+                        // Stacked or hard-linked is unknown: the sources are not
+                        // removed while it lives, but a collection may take them.
+                        deps: Vec::new(),
+                        maybe_deps: sources.clone(),
                     },
                 );
                 true

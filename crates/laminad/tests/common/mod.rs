@@ -171,6 +171,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // Block layer images stay mounted after laminad exits (a restart adopts them):
+        // detach them so that the temporary directory can go.
+        let _ = lamina_core::sys::detach_mounts_under(self.dir.path());
     }
 }
 

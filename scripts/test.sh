@@ -20,7 +20,11 @@
 #      on demand equal a full pull byte for byte, outlive a laminad kill -9 (adopted on
 #      restart), give EIO in bounded time while the registry is down, and go away with
 #      their snapshots.
-#  10. scripts/tests/crash.sh: lamina-crashtest kills laminad at random points of a random
+#  10. scripts/tests/full_disk.sh: a disk-filling pull fails cleanly (ResourceExhausted
+#      naming the layer), the store stays intact and consistent, space is freed.
+#  11. scripts/tests/load_test.sh: 64 concurrent gRPC clients, mixed operations; no error
+#      but the semantically correct ones, bounded memory, no fd leak.
+#  12. scripts/tests/crash.sh: lamina-crashtest kills laminad at random points of a random
 #      operation mix (CRASH_POINTS per backend, 40 here; the full run is 500) and checks
 #      every invariant after each restart.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
@@ -108,6 +112,14 @@ record "lazy pull" "${PIPESTATUS[0]}"
 step "block backend: same trees as overlayfs, EROFS layer images, writable-layer quota (ENOSPC), nothing left after removal"
 bash "$HERE/scripts/tests/block_mode.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/block-mode" 2>&1
 record "block mode" "${PIPESTATUS[0]}"
+
+step "full disk: a pull that fills a small loop-mounted root fails with ENOSPC naming the layer; earlier snapshots intact, nothing left, space freed, consistent after restart (overlayfs, block); layer limits through lamina pull"
+bash "$HERE/scripts/tests/full_disk.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$MNT/full-disk" 2>&1
+record "full disk" "${PIPESTATUS[0]}"
+
+step "load: 64 concurrent clients, mixed operations, overlayfs 30 s + native 10 s (no unexpected errors, bounded memory, no fd leak)"
+bash "$HERE/scripts/tests/load_test.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina" "$CARGO_TARGET_DIR/debug/lamina-loadtest" "$MNT/load" 2>&1
+record "load test" "${PIPESTATUS[0]}"
 
 step "crash harness: laminad killed with SIGKILL at random points, every invariant checked after each restart (overlayfs, native, block)"
 bash "$HERE/scripts/tests/crash.sh" "$LAMINAD" "$CARGO_TARGET_DIR/debug/lamina-crashtest" "$MNT/crash" 2>&1

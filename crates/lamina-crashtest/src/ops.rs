@@ -321,7 +321,10 @@ fn merge(shared: &Shared, client: &Client, worker: usize, rng: &mut StdRng) {
         // (stacked), not merges of merges.
         let candidates: Vec<String> = committed(&m)
             .into_iter()
-            .filter(|k| !block || (m.snaps[k].parent.is_empty() && m.snaps[k].deps.is_empty()))
+            .filter(|k| {
+                let s = &m.snaps[k];
+                !block || (s.parent.is_empty() && s.deps.is_empty() && s.maybe_deps.is_empty())
+            })
             .collect();
         if candidates.len() < 2 {
             return;

@@ -22,9 +22,19 @@ pub struct DaemonSpec {
     pub log: PathBuf,
 }
 
-/// A running laminad.
+/// A running laminad; killed if dropped while running (the harness stopping on an
+/// error must not leave it behind).
 pub struct Daemon {
     child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl DaemonSpec {

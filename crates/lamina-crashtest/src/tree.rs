@@ -134,7 +134,10 @@ fn describe(entry: &Entry) -> String {
     match entry {
         Entry::Dir { mode } => format!("dir {mode:o}"),
         Entry::File { mode, size, digest } => {
-            format!("file {mode:o} {size} B sha256:{}", &digest[..12])
+            format!(
+                "file {mode:o} {size} B sha256:{}",
+                digest.get(..12).unwrap_or(digest)
+            )
         }
         Entry::Symlink { target } => format!("symlink -> {target}"),
         Entry::Special { mode, rdev } => format!("special {mode:o} rdev {rdev}"),

@@ -124,8 +124,14 @@ fn endpoint(path: &Path, url: &str, settings: HostSettings) -> Result<Endpoint> 
         path: path.display().to_string(),
         reason,
     };
-    if !url.starts_with("http://") && !url.starts_with("https://") {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return Err(config_err(format!("host {url:?} is not an http(s) URL")));
+    };
+    if rest.split(['/', '?', '#']).next().unwrap_or("").is_empty() {
+        return Err(config_err(format!("host {url:?} names no host")));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let caps = settings
@@ -299,6 +305,32 @@ mod tests {
         std::fs::write(t.join("example.com/hosts.toml"), "server = [").unwrap();
         assert!(cfg.endpoints("example.com", false).is_err());
         std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    /// Found by the `hosts_toml` fuzz target: `server = "https://"` was taken, and gave
+    /// the endpoint `https:/v2`.
+    #[test]
+    fn urls_without_a_host_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let host_dir = t.path().join("reg.example");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let cfg = HostsConfig {
+            dir: Some(t.path().to_path_buf()),
+        };
+        for text in [
+            "server = \"https://\"\n",
+            "server = \"http:///v2\"\n",
+            "[host.\"https://?x\"]\n",
+            "[host.\"http://#\"]\n",
+        ] {
+            std::fs::write(host_dir.join("hosts.toml"), text).unwrap();
+            match cfg.endpoints("reg.example", false) {
+                Err(RegistryError::Config { reason, .. }) => {
+                    assert!(reason.contains("names no host"), "{text}: {reason}")
+                }
+                other => panic!("{text}: not refused: {other:?}"),
+            }
+        }
     }
 
     #[test]

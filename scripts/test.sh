@@ -27,6 +27,7 @@
 #  12. scripts/tests/crash.sh: lamina-crashtest kills laminad at random points of a random
 #      operation mix (CRASH_POINTS per backend, 40 here; the full run is 500) and checks
 #      every invariant after each restart.
+#  13. scripts/tests/fuzz.sh: every cargo-fuzz target of fuzz/ for FUZZ_SECONDS (20) each.
 # Everything runs on a freshly formatted loop-mounted ext4 (never on /, whose journal-less
 # ext4 slows down after deletes). Last line: "N passed, M failed" over the suites.
 # Knobs: CARGO_TARGET_DIR (default /var/cache/lamina-target), SHARED (default ../shared).
@@ -77,6 +78,10 @@ step "cargo clippy -D warnings"; cargo clippy --workspace --all-targets --locked
 step "cargo build"; cargo build --workspace --locked; rc=$?; record "build" $rc
 [ $rc -eq 0 ] || { echo "$passed passed, $failed failed"; exit 1; }
 step "cargo test"; cargo test --workspace --locked 2>&1; record "cargo test" $?
+
+step "fuzz: every parser of outside input, a bounded run per target (cargo fuzz, AddressSanitizer)"
+FUZZ_WORK=$MNT/fuzz bash "$HERE/scripts/tests/fuzz.sh" 2>&1
+record "fuzz" "${PIPESTATUS[0]}"
 
 LAMINAD=$CARGO_TARGET_DIR/debug/laminad
 start_laminad() { # start_laminad BACKEND NAME

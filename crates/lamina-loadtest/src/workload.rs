@@ -929,19 +929,7 @@ fn write_files(
     target: &Path,
     seed: u64,
 ) -> Result<(), String> {
-    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
-    let core: Vec<lamina_core::Mount> = mounts
-        .iter()
-        .map(|m| lamina_core::Mount {
-            kind: m.r#type.clone(),
-            source: m.source.clone(),
-            options: m.options.clone(),
-        })
-        .collect();
-    lamina_core::sys::mount_all(&core, target).map_err(|e| format!("mount: {e}"))?;
-    let wrote = write_into(target, seed);
-    let unmounted = lamina_core::sys::unmount(target).map_err(|e| format!("unmount: {e}"));
-    wrote.and(unmounted)
+    with_mounted(mounts, target, |dir| write_into(dir, seed))
 }
 
 /// Mounts `mounts` on `target`, creates and deletes files and directories in a few
@@ -950,6 +938,15 @@ fn churn_files(
     mounts: &[lamina_proto::types::Mount],
     target: &Path,
     seed: u64,
+) -> Result<(), String> {
+    with_mounted(mounts, target, |dir| churn_into(dir, seed))
+}
+
+/// Mounts `mounts` on `target`, runs `work` there and unmounts, also after a failure.
+fn with_mounted(
+    mounts: &[lamina_proto::types::Mount],
+    target: &Path,
+    work: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
     let core: Vec<lamina_core::Mount> = mounts
@@ -961,8 +958,13 @@ fn churn_files(
         })
         .collect();
     lamina_core::sys::mount_all(&core, target).map_err(|e| format!("mount: {e}"))?;
+    let worked = work(target);
+    let unmounted = lamina_core::sys::unmount(target).map_err(|e| format!("unmount: {e}"));
+    worked.and(unmounted)
+}
+
+fn churn_into(target: &Path, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let mut wrote = Ok(());
     for round in 0..16 {
         let d = target.join(format!("churn-{round}"));
         let r = (|| -> std::io::Result<()> {
@@ -977,13 +979,9 @@ fn churn_files(
             }
             Ok(())
         })();
-        if let Err(e) = r {
-            wrote = Err(format!("round {round} in {}: {e}", d.display()));
-            break;
-        }
+        r.map_err(|e| format!("round {round} in {}: {e}", d.display()))?;
     }
-    let unmounted = lamina_core::sys::unmount(target).map_err(|e| format!("unmount: {e}"));
-    wrote.and(unmounted)
+    Ok(())
 }
 
 fn write_into(dir: &Path, seed: u64) -> Result<(), String> {

@@ -716,6 +716,19 @@ zgpNH9vF26qnQUGFuPQjc39+7JDfCBQC2mooqzmzOuRCSlnxU71JECDu
         assert!(err.contains("refused"), "{err}");
     }
 
+    /// The head of one HTTP request (up to the blank line), as text.
+    async fn read_head(conn: &mut tokio::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
     /// A registry serving one blob, `body`, at any path: whole, or from the byte a
     /// `Range: bytes=N-` header asks for (206), or 416 when N is at or past its end.
     async fn ranged_registry(body: &'static [u8]) -> String {
@@ -723,15 +736,7 @@ zgpNH9vF26qnQUGFuPQjc39+7JDfCBQC2mooqzmzOuRCSlnxU71JECDu
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let head = read_head(&mut conn).await.to_ascii_lowercase();
                 let start = head.lines().find_map(|l| {
                     l.strip_prefix("range: bytes=")
                         .and_then(|r| r.trim().trim_end_matches('-').parse::<usize>().ok())
@@ -805,15 +810,7 @@ zgpNH9vF26qnQUGFuPQjc39+7JDfCBQC2mooqzmzOuRCSlnxU71JECDu
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
+                let head = read_head(&mut conn).await;
                 let auth = head
                     .lines()
                     .find_map(|l| {

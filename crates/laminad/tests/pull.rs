@@ -14,15 +14,6 @@ use lamina_proto::lamina::v1 as lpb;
 use lamina_proto::lamina::v1::images_client::ImagesClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A gzip layer of `files`: the blob, its digest and its diffID.
-fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest, Digest) {
-    let gz = tar_gz(files);
-    let mut tar = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
-    let (d, diff) = (Digest::of(&gz), Digest::of(&tar));
-    (gz, d, diff)
-}
-
 /// Serves manifests (by tag) and blobs (by digest) of one repository on 127.0.0.1,
 /// waiting `blob_delay` before answering each blob request.
 async fn slow_registry(

@@ -13,15 +13,6 @@ use lamina_core::layer::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-/// A gzip layer of `files`, its blob digest and its diffID.
-fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest, Digest) {
-    let gz = tar_gz(files);
-    let mut tar = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
-    let (d, diff) = (Digest::of(&gz), Digest::of(&tar));
-    (gz, d, diff)
-}
-
 /// Serves `GET /v2/<repo>/blobs/<digest>` from `blobs` over HTTP/1.1 on 127.0.0.1.
 async fn registry(blobs: HashMap<String, Vec<u8>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

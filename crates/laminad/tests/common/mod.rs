@@ -299,6 +299,21 @@ pub fn with_mounted<T>(
     out
 }
 
+/// A gzip layer of `files`: the blob, its digest and its diffID.
+pub fn layer(
+    files: &[(&str, &[u8])],
+) -> (
+    Vec<u8>,
+    lamina_core::layer::Digest,
+    lamina_core::layer::Digest,
+) {
+    use lamina_core::layer::Digest;
+    let gz = tar_gz(files);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+    (gz.clone(), Digest::of(&gz), Digest::of(&tar))
+}
+
 /// A gzip-compressed layer tar of regular files (mode 0644, a fixed mtime).
 pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());

@@ -8,44 +8,11 @@
 
 #![no_main]
 
-use lamina_core::index::{IndexedLayer, LayerIndex, FORMAT_VERSION, MAGIC};
+use lamina_core::index::{IndexedLayer, LayerIndex};
 use libfuzzer_sys::fuzz_target;
 
-/// Header: magic, version, flags, body length. Trailer: CRC-32.
-const HEADER: usize = 16;
-const TRAILER: usize = 4;
-
-fn fix_up(mode: u8, bytes: &mut [u8]) {
-    if bytes.len() < HEADER + TRAILER {
-        return;
-    }
-    if mode & 2 != 0 {
-        bytes[..8].copy_from_slice(&MAGIC);
-        bytes[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes[10..12].copy_from_slice(&0u16.to_le_bytes());
-    }
-    let end = bytes.len() - TRAILER;
-    let body = (end - HEADER) as u32;
-    bytes[12..16].copy_from_slice(&body.to_le_bytes());
-    let crc = crc32(&bytes[..end]);
-    bytes[end..].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// CRC-32 (IEEE), as the index trailer has it; bitwise, the inputs are small.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+#[path = "common/index_bytes.rs"]
+mod index_bytes;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&mode, data)) = input.split_first() else {
@@ -53,7 +20,7 @@ fuzz_target!(|input: &[u8]| {
     };
     let mut bytes = data.to_vec();
     if mode & 1 != 0 {
-        fix_up(mode, &mut bytes);
+        index_bytes::fix_up(&mut bytes, mode & 2 != 0);
     }
     let Ok(index) = LayerIndex::decode(&bytes) else {
         return;

@@ -12,35 +12,8 @@ use lamina_core::index::IndexedLayer;
 use lamina_core::layer::Compression;
 use libfuzzer_sys::fuzz_target;
 
-const HEADER: usize = 16;
-const TRAILER: usize = 4;
-
-fn fix_up(bytes: &mut [u8]) {
-    if bytes.len() < HEADER + TRAILER {
-        return;
-    }
-    let end = bytes.len() - TRAILER;
-    let body = (end - HEADER) as u32;
-    bytes[12..16].copy_from_slice(&body.to_le_bytes());
-    let crc = crc32(&bytes[..end]);
-    bytes[end..].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// CRC-32 (IEEE), as the index trailer has it.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+#[path = "common/index_bytes.rs"]
+mod index_bytes;
 
 fuzz_target!(|input: &[u8]| {
     let [mode, a, b, rest @ ..] = input else {
@@ -50,7 +23,7 @@ fuzz_target!(|input: &[u8]| {
     let (index, blob) = rest.split_at(len);
     let mut index = index.to_vec();
     if mode & 1 != 0 {
-        fix_up(&mut index);
+        index_bytes::fix_up(&mut index, false);
     }
     let Ok(layer) = IndexedLayer::decode(&index) else {
         return;

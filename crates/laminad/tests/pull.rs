@@ -5,74 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use lamina_core::layer::Digest;
 use lamina_proto::lamina::v1 as lpb;
 use lamina_proto::lamina::v1::images_client::ImagesClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Serves manifests (by tag) and blobs (by digest) of one repository on 127.0.0.1,
-/// waiting `blob_delay` before answering each blob request.
-async fn slow_registry(
-    manifests: HashMap<String, Vec<u8>>,
-    blobs: HashMap<String, Vec<u8>>,
-    blob_delay: Duration,
-) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (manifests, blobs) = (Arc::new(manifests), Arc::new(blobs));
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let (manifests, blobs) = (manifests.clone(), blobs.clone());
-            tokio::spawn(async move {
-                loop {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&req).to_string();
-                    let mut words = text.lines().next().unwrap_or("").split(' ');
-                    let method = words.next().unwrap_or("").to_owned();
-                    let path = words.next().unwrap_or("").to_owned();
-                    let last = path.rsplit('/').next().unwrap_or("").to_owned();
-                    let (status, kind, body) = if path.contains("/manifests/") {
-                        match manifests.get(&last) {
-                            Some(b) => ("200 OK", "application/vnd.oci.image.manifest.v1+json", b),
-                            None => ("404 Not Found", "application/json", &Vec::new()),
-                        }
-                    } else if path.contains("/blobs/") {
-                        tokio::time::sleep(blob_delay).await;
-                        match blobs.get(&last) {
-                            Some(b) => ("200 OK", "application/octet-stream", b),
-                            None => ("404 Not Found", "application/json", &Vec::new()),
-                        }
-                    } else {
-                        ("200 OK", "application/json", &Vec::new())
-                    };
-                    let digest = format!("sha256:{}", &Digest::of(body).as_str()[7..]);
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nDocker-Content-Digest: {digest}\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    if sock.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    if method != "HEAD" && sock.write_all(body).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// An image of three layers (the second deletes a file of the first) as a registry
 /// holds it: tag "1" to manifest, and every blob by digest.
@@ -124,7 +62,7 @@ fn image() -> (HashMap<String, Vec<u8>>, HashMap<String, Vec<u8>>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_backend_pulls_from_a_slow_registry() {
     let (manifests, blobs) = image();
-    let addr = slow_registry(manifests, blobs, Duration::from_millis(300)).await;
+    let addr = serve_registry(manifests, blobs, Duration::from_millis(300)).await;
     for backend in ["native", "overlayfs", "block"] {
         let d = Daemon::start(backend);
         let channel = lamina_proto::connect_unix(d.socket.clone()).await.unwrap();

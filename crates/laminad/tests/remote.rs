@@ -6,64 +6,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use common::*;
 use lamina_core::layer::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-
-/// Serves `GET /v2/<repo>/blobs/<digest>` from `blobs` over HTTP/1.1 on 127.0.0.1.
-async fn registry(blobs: HashMap<String, Vec<u8>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let blobs = Arc::new(blobs);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let blobs = blobs.clone();
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&req)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                let path = line.split(' ').nth(1).unwrap_or("");
-                let digest = path.rsplit('/').next().unwrap_or("");
-                let (status, body) = match blobs.get(digest) {
-                    Some(b) if path.contains("/blobs/") => ("200 OK", b.clone()),
-                    _ => (
-                        "404 Not Found",
-                        b"{\"errors\":[{\"code\":\"BLOB_UNKNOWN\"}]}".to_vec(),
-                    ),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(&body).await;
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prepare_with_target_labels_is_done_by_lamina() {
     let (l1, d1, diff1) = layer(&[("etc/base", b"base")]);
     let (l2, d2, diff2) = layer(&[("etc/top", b"top"), ("etc/.wh.base", b"")]);
-    let addr = registry(HashMap::from([(d1.to_string(), l1), (d2.to_string(), l2)])).await;
+    let blobs = HashMap::from([(d1.to_string(), l1), (d2.to_string(), l2)]);
+    let addr = serve_registry(HashMap::new(), blobs, std::time::Duration::ZERO).await;
     let chain1 = diff1.to_string();
     let chain2 = Digest::of(format!("{chain1} {diff2}").as_bytes()).to_string();
     let image = format!("{addr}/test/app:1");

@@ -299,6 +299,74 @@ pub fn with_mounted<T>(
     out
 }
 
+/// Serves manifests (by tag) and blobs (by digest) of one repository over HTTP/1.1 on
+/// 127.0.0.1 (404 for anything else), waiting `blob_delay` before answering each blob
+/// request; gives its address.
+pub async fn serve_registry(
+    manifests: HashMap<String, Vec<u8>>,
+    blobs: HashMap<String, Vec<u8>>,
+    blob_delay: Duration,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (manifests, blobs) = (std::sync::Arc::new(manifests), std::sync::Arc::new(blobs));
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (manifests, blobs) = (manifests.clone(), blobs.clone());
+            tokio::spawn(async move {
+                loop {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    let mut words = text.lines().next().unwrap_or("").split(' ');
+                    let method = words.next().unwrap_or("").to_owned();
+                    let path = words.next().unwrap_or("").to_owned();
+                    let last = path.rsplit('/').next().unwrap_or("").to_owned();
+                    let (status, kind, body) = if path.contains("/manifests/") {
+                        match manifests.get(&last) {
+                            Some(b) => ("200 OK", "application/vnd.oci.image.manifest.v1+json", b),
+                            None => ("404 Not Found", "application/json", &Vec::new()),
+                        }
+                    } else if path.contains("/blobs/") {
+                        tokio::time::sleep(blob_delay).await;
+                        match blobs.get(&last) {
+                            Some(b) => ("200 OK", "application/octet-stream", b),
+                            None => ("404 Not Found", "application/json", &Vec::new()),
+                        }
+                    } else {
+                        ("200 OK", "application/json", &Vec::new())
+                    };
+                    let digest = lamina_core::layer::Digest::of(body);
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nDocker-Content-Digest: {digest}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if tokio::io::AsyncWriteExt::write_all(&mut sock, head.as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if method != "HEAD"
+                        && tokio::io::AsyncWriteExt::write_all(&mut sock, body)
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A gzip layer of `files`: the blob, its digest and its diffID.
 pub fn layer(
     files: &[(&str, &[u8])],

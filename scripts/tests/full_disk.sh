@@ -53,30 +53,37 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 # --- images -------------------------------------------------------------------------
 python3 "$SHARED/bench/mkimage.py" small --comp gzip --out "$WORK/images" >"$WORK/mkimage.log" 2>&1 \
   || { bad "mkimage.py small: $(tail -5 "$WORK/mkimage.log")"; finish; }
+# Two images that do not fit, as OCI layouts (python3 - OUT NAME):
 # big: layer 1 a few small files, layer 2 four 24 MiB files of a repeated random block
-# (not zeros: the applier writes zero blocks as holes).
-python3 - "$WORK/images/big" <<'PY' || { bad "building the big image"; finish; }
+# (not zeros: the applier writes zero blocks as holes); it runs out while unpacking.
+# rand: one layer, one 48 MiB file of random bytes (gzip cannot shrink it); it runs out
+# while downloading.
+for name in big rand; do
+python3 - "$WORK/images/$name" "$name" <<'PY' || { bad "building the $name image"; finish; }
 import gzip, hashlib, io, json, os, sys, tarfile
-out = sys.argv[1]
+out, name = sys.argv[1], sys.argv[2]
 os.makedirs(os.path.join(out, "blobs", "sha256"), exist_ok=True)
 def blob(data):
     d = hashlib.sha256(data).hexdigest()
     open(os.path.join(out, "blobs", "sha256", d), "wb").write(data)
     return "sha256:" + d
-def layer(files):
+def layer(files, level):
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, size, chunk in files:
-            ti = tarfile.TarInfo(name); ti.size = size; ti.mode = 0o644; ti.mtime = 1700000000
-            tf.addfile(ti, io.BytesIO(chunk * (size // len(chunk))))
+        for path, data in files:
+            ti = tarfile.TarInfo(path); ti.size = len(data); ti.mode = 0o644; ti.mtime = 1700000000
+            tf.addfile(ti, io.BytesIO(data))
     tar = raw.getvalue()
-    gz = gzip.compress(tar, compresslevel=6, mtime=0)
+    gz = gzip.compress(tar, compresslevel=level, mtime=0)
     return "sha256:" + hashlib.sha256(tar).hexdigest(), blob(gz), len(gz)
-rnd = hashlib.shake_256(b"full-disk").digest(4096)
-layers = [
-    layer([("etc/small-%d" % i, 4096, hashlib.shake_256(b"%d" % i).digest(4096)) for i in range(4)]),
-    layer([("data/big-%d" % i, 24 << 20, rnd[i:] + rnd[:i]) for i in range(4)]),
-]
+if name == "big":
+    rnd = hashlib.shake_256(b"full-disk").digest(4096)
+    layers = [
+        layer([("etc/small-%d" % i, hashlib.shake_256(b"%d" % i).digest(4096)) for i in range(4)], 6),
+        layer([("data/big-%d" % i, (rnd[i:] + rnd[:i]) * ((24 << 20) // 4096)) for i in range(4)], 6),
+    ]
+else:
+    layers = [layer([("data/rand", hashlib.shake_256(b"full-disk-rand").digest(48 << 20))], 1)]
 config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                      "rootfs": {"type": "layers", "diff_ids": [l[0] for l in layers]}}).encode()
 manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -84,37 +91,11 @@ manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.ima
     "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l[1], "size": l[2]} for l in layers],
 }).encode()
 index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "digest": blob(manifest), "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "big"}}]}
+    "digest": blob(manifest), "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": name}}]}
 json.dump(index, open(os.path.join(out, "index.json"), "w"))
 open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0.0"}')
 PY
-# rand: one layer, one 48 MiB file of random bytes (gzip cannot shrink it).
-python3 - "$WORK/images/rand" <<'PY' || { bad "building the rand image"; finish; }
-import gzip, hashlib, io, json, os, sys, tarfile
-out = sys.argv[1]
-os.makedirs(os.path.join(out, "blobs", "sha256"), exist_ok=True)
-def blob(data):
-    d = hashlib.sha256(data).hexdigest()
-    open(os.path.join(out, "blobs", "sha256", d), "wb").write(data)
-    return "sha256:" + d
-raw = io.BytesIO()
-with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
-    data = hashlib.shake_256(b"full-disk-rand").digest(48 << 20)
-    ti = tarfile.TarInfo("data/rand"); ti.size = len(data); ti.mode = 0o644; ti.mtime = 1700000000
-    tf.addfile(ti, io.BytesIO(data))
-tar = raw.getvalue()
-gz = gzip.compress(tar, compresslevel=1, mtime=0)
-config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]}}).encode()
-manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config), "size": len(config)},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob(gz), "size": len(gz)}],
-}).encode()
-index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "digest": blob(manifest), "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "rand"}}]}
-json.dump(index, open(os.path.join(out, "index.json"), "w"))
-open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion": "1.0.0"}')
-PY
+done
 registry_start || { bad "docker-registry did not start on $REGISTRY_ADDR"; finish; }
 SMALL=$REGISTRY_ADDR/bench/small:gzip BIG=$REGISTRY_ADDR/lamina/big:1 RAND=$REGISTRY_ADDR/lamina/rand:1
 skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/images/small-gzip:small-gzip" "docker://$SMALL" \

@@ -78,11 +78,22 @@ impl Reference {
                 return Err(bad("invalid tag"));
             }
         }
+        if !valid_host(&host) {
+            return Err(bad(
+                "registry host must be a DNS name or IP address (ASCII letters, digits, '.', '-'; IPv6 in brackets) with an optional :port",
+            ));
+        }
         let repository = if host == "docker.io" && !path.contains('/') {
             format!("library/{path}")
         } else {
             path
         };
+        // distribution's limit on a repository name (counted as written in full, so
+        // Docker Hub's `library/` counts); with the host's 255 it also bounds the
+        // canonical name, so every reference that parses can be written and read back.
+        if repository.len() > 255 {
+            return Err(bad("repository name longer than 255 bytes"));
+        }
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".into())
         } else {
@@ -117,6 +128,43 @@ impl Reference {
         }
         s
     }
+}
+
+/// A registry host as references write it: a DNS name or IPv4 address, or an IPv6 address
+/// in brackets, then an optional `:port`; at most 255 bytes.
+fn valid_host(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) => {
+                if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+                    return false;
+                }
+                match after {
+                    "" => return host.len() <= 255,
+                    p => (None, p.strip_prefix(':').map(Some).unwrap_or(Some(""))),
+                }
+            }
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((n, p)) => (Some(n), Some(p)),
+            None => (Some(host), None),
+        },
+    };
+    let name_ok = name.is_none_or(|n| {
+        !n.is_empty()
+            && n.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    });
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    name_ok && port_ok && host.len() <= 255
 }
 
 #[cfg(test)]
@@ -156,5 +204,47 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?}");
         }
+    }
+    /// Found by fuzzing (scripts/tests/fuzz.sh in CI): any text before the first '/' that
+    /// held a '.' or ':' was taken as the host, non-ASCII included, and a long reference
+    /// parsed but its canonical name (with ":latest") was too long to parse again.
+    #[test]
+    fn hosts_are_checked_and_every_parsed_reference_reads_back() {
+        for good in [
+            "registry.example.com/a/b:1",
+            "127.0.0.1:5000/x",
+            "[::1]:5000/x:y",
+            "[fe80::1]/x",
+            "localhost/x",
+            "my-registry.local:443/team/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            let r = Reference::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(Reference::parse(&r.name()).unwrap(), r, "{good}");
+        }
+        for bad in [
+            "f\u{e0820}.example/x",
+            "bad_host.example/x",
+            "-lead.example/x",
+            "a..b/x",
+            "host.example:/x",
+            "host.example:123456/x",
+            "[zz::1]/x",
+            "[::1/x",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad} accepted");
+        }
+        let long = format!("registry.example/{}", "a".repeat(256));
+        assert!(Reference::parse(&long).is_err());
+        let longest = format!("registry.example/{}", "a".repeat(255));
+        let r = Reference::parse(&longest).unwrap();
+        assert_eq!(Reference::parse(&r.name()).unwrap(), r);
+        // On Docker Hub, `library/` counts (found by fuzzing too).
+        assert!(Reference::parse(&"a".repeat(250)).is_err());
+        let r = Reference::parse(&"a".repeat(247)).unwrap();
+        assert_eq!(Reference::parse(&r.name()).unwrap(), r);
+        // The input CI's fuzzer found, in short: a non-ASCII host.
+        let found = std::fs::read("tests/data/fuzz-reference-crash").unwrap();
+        let text = String::from_utf8(found).unwrap();
+        assert!(Reference::parse(&text).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Image references (`lamina_registry::Reference::parse`), from the command line and
 //! from CRI pull requests: never panics; a reference that parses, written back in full
-//! (`host/repository[:tag][@digest]`), parses to the same reference.
+//! (`Reference::name`: `host/repository[:tag][@digest]`), parses to the same reference.
 
 #![no_main]
 
@@ -15,15 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(!r.host.is_empty() && !r.repository.is_empty(), "{r:?}");
-    let mut full = format!("{}/{}", r.host, r.repository);
-    if let Some(t) = &r.tag {
-        full.push(':');
-        full.push_str(t);
-    }
-    if let Some(d) = &r.digest {
-        full.push('@');
-        full.push_str(d);
-    }
+    let full = r.name();
     let again = Reference::parse(&full).unwrap_or_else(|e| panic!("{full:?}: {e}"));
     assert_eq!(again, r, "{text:?} written as {full:?}");
 });

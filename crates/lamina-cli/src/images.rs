@@ -257,7 +257,7 @@ pub async fn rootfs(
         .with_context(|| format!("preparing snapshot {key}"))?
         .into_inner()
         .mounts;
-    let core = crate::snapshot::core_mounts(&mounts);
+    let core = lamina_proto::core_mounts(&mounts);
     lamina_core::sys::mount_all(&core, &abs)
         .with_context(|| format!("mounting on {}", abs.display()))?;
     match output {

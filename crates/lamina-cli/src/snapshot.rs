@@ -161,17 +161,6 @@ pub(crate) fn parse_labels(items: &[String]) -> anyhow::Result<HashMap<String, S
         .collect()
 }
 
-pub(crate) fn core_mounts(mounts: &[lamina_proto::types::Mount]) -> Vec<lamina_core::Mount> {
-    mounts
-        .iter()
-        .map(|m| lamina_core::Mount {
-            kind: m.r#type.clone(),
-            source: m.source.clone(),
-            options: m.options.clone(),
-        })
-        .collect()
-}
-
 pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -268,7 +257,7 @@ async fn usage_of(client: &mut SnapshotsClient<Channel>, key: &str) -> anyhow::R
 
 fn mount_on(mounts: &[lamina_proto::types::Mount], target: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
-    lamina_core::sys::mount_all(&core_mounts(mounts), target)
+    lamina_core::sys::mount_all(&lamina_proto::core_mounts(mounts), target)
         .with_context(|| format!("mounting on {}", target.display()))
 }
 

@@ -117,7 +117,7 @@ impl Client {
             .into_inner()
             .mounts
         };
-        Ok(convert_mounts(mounts))
+        Ok(lamina_proto::core_mounts(&mounts))
     }
 
     /// The mounts of an active snapshot or view.
@@ -130,7 +130,7 @@ impl Client {
             }))?
             .into_inner()
             .mounts;
-        Ok(convert_mounts(mounts))
+        Ok(lamina_proto::core_mounts(&mounts))
     }
 
     /// Commit active `key` as `name`.
@@ -305,17 +305,6 @@ impl Client {
         self.run(c.remove(lpb::RemoveImageRequest { name: name.into() }))
             .map(|_| ())
     }
-}
-
-fn convert_mounts(mounts: Vec<lamina_proto::types::Mount>) -> Mounts {
-    mounts
-        .into_iter()
-        .map(|m| lamina_core::Mount {
-            kind: m.r#type,
-            source: m.source,
-            options: m.options,
-        })
-        .collect()
 }
 
 fn convert_info(info: pb::Info) -> Info {

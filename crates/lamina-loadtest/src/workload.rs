@@ -949,15 +949,8 @@ fn with_mounted(
     work: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
-    let core: Vec<lamina_core::Mount> = mounts
-        .iter()
-        .map(|m| lamina_core::Mount {
-            kind: m.r#type.clone(),
-            source: m.source.clone(),
-            options: m.options.clone(),
-        })
-        .collect();
-    lamina_core::sys::mount_all(&core, target).map_err(|e| format!("mount: {e}"))?;
+    lamina_core::sys::mount_all(&lamina_proto::core_mounts(mounts), target)
+        .map_err(|e| format!("mount: {e}"))?;
     let worked = work(target);
     let unmounted = lamina_core::sys::unmount(target).map_err(|e| format!("unmount: {e}"));
     worked.and(unmounted)

@@ -43,6 +43,35 @@ pub use containerd::types;
 
 use std::path::PathBuf;
 
+/// A mount as the store gives it, for the wire (containerd leaves `target` empty: the
+/// caller chooses where to mount).
+impl From<lamina_core::Mount> for types::Mount {
+    fn from(m: lamina_core::Mount) -> Self {
+        types::Mount {
+            r#type: m.kind,
+            source: m.source,
+            target: String::new(),
+            options: m.options,
+        }
+    }
+}
+
+/// A mount from the wire, for Lamina's own mount code (`lamina_core::sys::mount_all`).
+impl From<&types::Mount> for lamina_core::Mount {
+    fn from(m: &types::Mount) -> Self {
+        lamina_core::Mount {
+            kind: m.r#type.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        }
+    }
+}
+
+/// A mount list from the wire, for Lamina's own mount code.
+pub fn core_mounts(mounts: &[types::Mount]) -> Vec<lamina_core::Mount> {
+    mounts.iter().map(Into::into).collect()
+}
+
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 

@@ -56,15 +56,7 @@ fn labels(map: std::collections::HashMap<String, String>) -> Labels {
 }
 
 fn mounts_to_pb(mounts: Vec<Mount>) -> Vec<pbtypes::Mount> {
-    mounts
-        .into_iter()
-        .map(|m| pbtypes::Mount {
-            r#type: m.kind,
-            source: m.source,
-            target: String::new(),
-            options: m.options,
-        })
-        .collect()
+    mounts.into_iter().map(Into::into).collect()
 }
 
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {

@@ -285,15 +285,7 @@ pub fn with_mounted<T>(
     f: impl FnOnce(&Path) -> T,
 ) -> T {
     std::fs::create_dir_all(target).expect("mkdir target");
-    let core: Vec<lamina_core::Mount> = mounts
-        .iter()
-        .map(|m| lamina_core::Mount {
-            kind: m.r#type.clone(),
-            source: m.source.clone(),
-            options: m.options.clone(),
-        })
-        .collect();
-    lamina_core::sys::mount_all(&core, target).expect("mount");
+    lamina_core::sys::mount_all(&lamina_proto::core_mounts(mounts), target).expect("mount");
     let out = f(target);
     lamina_core::sys::unmount(target).expect("unmount");
     out

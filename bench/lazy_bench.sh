@@ -13,6 +13,12 @@
 #              starts lazy_fill_delay_ms = 2000 ms after the mount)
 #   - nofill : the same with lazy_fill_delay_ms = $NOFILL_DELAY_MS (the fill never starts during
 #              the run): what the reader alone pulls in, with nothing competing (LEGS knob)
+#   - prefetch: lazy, plus `--prefetch-file LIST`, LIST recorded by an earlier lazy way of the
+#              same run: `lamina lazy accessed REF` right after its reader finished (the files
+#              the lazy layers' servers saw read, first read first; files of the unpacked small
+#              layers are not in it). Without an earlier lazy way in LEGS, the reader's own list
+#              (files.tsv) is used. Each lazy layer's server fetches the chunks of its listed
+#              files right after its mount, 4 threads at a time, while the reader runs
 #   - full   : lamina pull --no-lazy REF (all layers downloaded and unpacked in parallel) +
 #              rootfs + reader
 #   - ctd    : containerd 1.6: ctr images pull --plain-http --snapshotter overlayfs REF, then
@@ -54,7 +60,7 @@
 #   holds the seekable indexes of these very binaries (an OCI artifact referring to the image,
 #   under docker-registry's sha256-<hex> fallback tag). Every layer blob and every index blob is
 #   then fetched once with curl ($DOWNLOADS at a time): the registry's page cache is warm for all
-#   ways alike. Runs are interleaved (lazy 1, nofill 1, full 1, ctd 1, lazy 2, ...); each run gets
+#   ways alike. Runs are interleaved (lazy 1, nofill 1, prefetch 1, full 1, ctd 1, lazy 2, ...); each run gets
 #   a freshly formatted, loop-mounted, journaled ext4 (lib.sh, BENCH_FS=loop; never /) holding the
 #   fresh daemon root (laminad --root, or containerd root/state) and the rootfs mount point;
 #   nothing else is dropped (the registry's files stay in the page cache).
@@ -77,7 +83,7 @@
 # KNOBS (environment):
 #   RUNS [3]              runs per way, interleaved; medians reported
 #   SIZE [large]          mkimage.py preset (gzip)
-#   LEGS ["lazy nofill full ctd"]  ways measured, in this order within a run
+#   LEGS ["lazy nofill prefetch full ctd"]  ways measured, in this order within a run
 #   PCT [5]               % of the image's file bytes the reader reads
 #   UNIT_CAP_PCT [1]      largest unit (subtree or file) of the list, % of the file bytes
 #   READERS [1]           reader threads
@@ -106,7 +112,7 @@ source "$SHARED_BENCH/lib.sh"   # fs_*, ctd_start/ctd_stop, registry_*, now/elap
 
 RUNS=${RUNS:-3}
 SIZE=${SIZE:-large}
-LEGS=${LEGS:-lazy nofill full ctd}
+LEGS=${LEGS:-lazy nofill prefetch full ctd}
 PCT=${PCT:-5}
 UNIT_CAP_PCT=${UNIT_CAP_PCT:-1}
 READERS=${READERS:-1}
@@ -129,7 +135,7 @@ BENCH_NAME=lazy_bench
 source "$HERE/common.sh"   # log, die, umount_under, stop_pid, install_pkgs, take_bench_lock
 
 [ "$(id -u)" = 0 ] || die "must run as root (mounts, loop devices, FUSE)"
-for l in $LEGS; do case $l in lazy|nofill|full|ctd) ;; *) die "LEGS: unknown way '$l' (lazy nofill full ctd)";; esac; done
+for l in $LEGS; do case $l in lazy|nofill|prefetch|full|ctd) ;; *) die "LEGS: unknown way '$l' (lazy nofill prefetch full ctd)";; esac; done
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites (idempotent)
@@ -379,6 +385,7 @@ print("%d files, %d bytes (%.2f %% of %d), %d units over %d layers" % (nf, s, 10
 EOF
 SEL_BYTES=$(jget "$OUTDIR/files-summary.json" "j['bytes']")
 SEL_FILES=$(jget "$OUTDIR/files-summary.json" "j['files']")
+awk -F'\t' '!/^#/ { print "/" $4 }' "$OUTDIR/files.tsv" > "$OUTDIR/prefetch.txt"   # fallback list of the prefetch way: the reader's files, in order
 log "file list: $SEL_FILES files, $SEL_BYTES bytes -> $OUTDIR/files.tsv"
 
 # The reader: prints "<files> <bytes>", exits 1 (message on stderr) on any short/wrong/failing read
@@ -486,16 +493,22 @@ read_files() {   # read_files TAG -> READ_OUT ("files bytes") or returns 1
   [ "$READ_OUT" = "$SEL_FILES $SEL_BYTES" ] || { echo "reader read '$READ_OUT', expected '$SEL_FILES $SEL_BYTES'" >> "$OUTDIR/$tag.read.err"; return 1; }
 }
 
-run_lamina() {   # run_lamina WAY RUN   (WAY: lazy, nofill, full)
-  local way=$1 run=$2 tag=$1-r$2 conf=$OUTDIR/laminad-default.toml flag=--lazy rc=0 t0 t1 t2 t3 c1 pids scpu=''
+run_lamina() {   # run_lamina WAY RUN   (WAY: lazy, nofill, prefetch, full)
+  local way=$1 run=$2 tag=$1-r$2 conf=$OUTDIR/laminad-default.toml rc=0 t0 t1 t2 t3 c1 pids scpu=''
+  local -a flags=(--lazy)
   [ "$way" = nofill ] && conf=$OUTDIR/laminad-nofill.toml
-  [ "$way" = full ] && flag=--no-lazy
+  if [ "$way" = prefetch ]; then
+    if [ -s "$OUTDIR/r$run.recorded.txt" ]; then flags+=(--prefetch-file "$OUTDIR/r$run.recorded.txt")
+    else note "$tag: no list recorded by a lazy way of run $run: the reader's own list is the prefetch list"
+      flags+=(--prefetch-file "$OUTDIR/prefetch.txt"); fi
+  fi
+  [ "$way" = full ] && flags=(--no-lazy)
   fs_fresh; sync
   load1=$(cut -d' ' -f1 /proc/loadavg)
   start_laminad "$conf" "$OUTDIR/$tag.laminad.log"
   mkdir -p "$ROOTFS"
   t0=$(now)
-  L -o json pull "$flag" "$REF" > "$OUTDIR/$tag.pull.json" 2> "$OUTDIR/$tag.pull.err" || rc=$?
+  L -o json pull "${flags[@]}" "$REF" > "$OUTDIR/$tag.pull.json" 2> "$OUTDIR/$tag.pull.err" || rc=$?
   t1=$(now)
   if [ "$rc" = 0 ]; then
     L rootfs "$REF" "$ROOTFS" > "$OUTDIR/$tag.rootfs.out" 2>&1 || rc=$?
@@ -515,6 +528,13 @@ run_lamina() {   # run_lamina WAY RUN   (WAY: lazy, nofill, full)
   done
   # shellcheck disable=SC2086
   [ -z "$pids" ] || scpu=$(cpu_sum $pids)
+  # then the files the servers saw read (the prefetch way's list)
+  if [ "$way" != full ] && [ "$rc" = 0 ]; then
+    sleep 1.2   # servers write what was read once a second (the run's time has been taken)
+    L lazy accessed "$REF" > "$OUTDIR/$tag.accessed.txt" 2> "$OUTDIR/$tag.accessed.err" &&
+      cp "$OUTDIR/$tag.accessed.txt" "$OUTDIR/r$run.recorded.txt" ||
+      note "$tag: lamina lazy accessed failed: $(head -c 300 "$OUTDIR/$tag.accessed.err" | tr '\n' ' ')"
+  fi
   # line 1: fetched, total, lazy layers listed, lazy layers in the pull's JSON; then NOTE/FAIL lines
   python3 - "$OUTDIR/$tag.lazy.json" "$OUTDIR/$tag.pull.json" "$J" "$OUTDIR/files-summary.json" "$way" \
     > "$OUTDIR/$tag.lazy-check.txt" <<'EOF' || echo "0 0 0 -1" > "$OUTDIR/$tag.lazy-check.txt"
@@ -626,6 +646,7 @@ def med(way, key):
 def f(x, fmt="%.2f"): return "—" if x != x else fmt % x
 def ratio(a, b): return a / b if a == a and b == b and b > 0 else NAN
 names = {"lazy": "lazy (`pull --lazy`, default config)", "nofill": "lazy, background fill off",
+         "prefetch": "lazy + prefetch list recorded by the lazy way (`--prefetch-file`)",
          "full": "full parallel pull (`pull --no-lazy`)", "ctd": "containerd 1.6 `ctr images pull` (overlayfs)"}
 ways = [w for w in legs.split() if any(r["way"] == w for r in rows)]
 print("### Time until a command has read %s %% of the %s image (%d layers, %.0f MB, %d entries)" % (
@@ -651,7 +672,7 @@ if "lazy" in ways and "full" in ways:
     print("- **lazy / full pull = %s** (goal <= 10 %%: %s)%s" % (f(100 * r, "%.1f %%"), "met" if r <= 0.10 else "**not met**",
           "; lazy / containerd = %s" % f(100 * ratio(lazy_t, med("ctd", "total_s")), "%.1f %%") if "ctd" in ways else ""))
     print()
-lz = [w for w in ways if w in ("lazy", "nofill")]
+lz = [w for w in ways if w in ("lazy", "nofill", "prefetch")]
 if lz:
     print("Lazy ways in detail (medians): `lamina lazy -o json` right after the reader finished: fetched = bytes of the "
           "lazy layers' uncompressed streams in their chunk caches (on-demand reads + background fill), total = their "
@@ -726,7 +747,7 @@ cat "$OUTDIR/table.md"
 if [ -s "$OUTDIR/notes.txt" ]; then
   echo
   echo "Notes (anomalies seen on the way; per run in $OUTDIR/notes.txt):"
-  sed -E 's/^(lazy|nofill|full|ctd)-r[0-9]+: /\1: /' "$OUTDIR/notes.txt" | sort | uniq -c |
+  sed -E 's/^(lazy|nofill|prefetch|full|ctd)-r[0-9]+: /\1: /' "$OUTDIR/notes.txt" | sort | uniq -c |
     awk '{n = $1; sub(/^ *[0-9]+ /, ""); print "- " $0 (n > 1 ? " (" n " runs)" : "")}'
 fi | tee -a "$OUTDIR/table.md"
 if [ ${#failures[@]} -gt 0 ]; then

@@ -564,28 +564,80 @@ PY
 else bad "D: laminad with the default config, lamina pull: $(cat "$WORK/d/err" 2>/dev/null)"; fi
 
 # --- E: a prefetch list is fetched right after the mount, before anything reads ------------
-# The biggest file of the gzip image (from A's full rootfs) is prefetched, the background
-# fill is off: without a single read, the layer holding it must have its bytes.
+# The biggest file of the gzip image (from A's full rootfs, by --prefetch) and the directory
+# with the most file bytes not holding it (by --prefetch-file: a directory stands for every
+# file below it) are prefetched, the background fill is off: without a single read, the
+# layers must have their bytes.
 config e "lazy_fill_delay_ms = 3600000"
 big=$(find "$WORK/a/rootfs-gzip" -xdev -type f -printf '%s %P\n' | sort -n | tail -1)
 big_size=${big%% *} big_path=${big#* }
-if [ -n "$big_path" ] && start e &&
-   L e -o json pull --lazy --lazy-min-size 0 --prefetch "$big_path" "${REF[gzip]}" > "$WORK/e/pull.json" 2>"$WORK/e/err"; then
+# "BYTES DIR": the directory's distinct regular files' bytes (hard links once)
+pdir=$(python3 - "$WORK/a/rootfs-gzip" "$big_path" <<'PY'
+import os, sys
+root, big = sys.argv[1], sys.argv[2]
+best = (0, "")
+for d, _, _ in os.walk(root):
+    rel = os.path.relpath(d, root)
+    if rel == "." or big.startswith(rel + "/"):
+        continue
+    seen, total = set(), 0
+    for dd, _, files in os.walk(d):
+        for f in files:
+            st = os.lstat(os.path.join(dd, f))
+            if os.path.isfile(os.path.join(dd, f)) and not os.path.islink(os.path.join(dd, f)) and st.st_ino not in seen:
+                seen.add(st.st_ino); total += st.st_size
+    best = max(best, (total, rel))
+print(best[0], best[1])
+PY
+)
+dir_size=${pdir%% *} dir_path=${pdir#* }
+printf '# prefetch list\n\n/%s\n' "$dir_path" > "$WORK/e/prefetch.list"   # (config made WORK/e)
+want=$((big_size + dir_size))
+if [ -n "$big_path" ] && [ "${dir_size:-0}" -gt 0 ] && start e &&
+   L e -o json pull --lazy --lazy-min-size 0 --prefetch "$big_path" --prefetch-file "$WORK/e/prefetch.list" \
+     "${REF[gzip]}" > "$WORK/e/pull.json" 2>"$WORK/e/err"; then
   t0=$(now); got=0
   for _ in $(seq 100); do
     L e -o json lazy > "$WORK/e/lazy.json" 2>/dev/null &&
       got=$(py "$WORK/e/lazy.json" 'str(sum(r["fetched"] for r in j))')
-    [ "$got" -ge "$big_size" ] && break
+    [ "$got" -ge "$want" ] && break
     sleep 0.2
   done
-  if [ "$got" -ge "$big_size" ]; then
-    ok "E: --prefetch $big_path ($big_size B): $got B fetched $(elapsed "$t0" "$(now)") s after the pull, nothing read"
-  else bad "E: --prefetch $big_path ($big_size B): only $got B fetched after 20 s ($(cat "$WORK/e/lazy.json" 2>/dev/null | tr -d '\n' | head -c 300))"; fi
+  if [ "$got" -ge "$want" ]; then
+    ok "E: --prefetch $big_path ($big_size B) + --prefetch-file naming /$dir_path ($dir_size B): $got B fetched $(elapsed "$t0" "$(now)") s after the pull, nothing read"
+  else bad "E: --prefetch $big_path ($big_size B) + /$dir_path ($dir_size B): only $got B fetched after 20 s ($(cat "$WORK/e/lazy.json" 2>/dev/null | tr -d '\n' | head -c 300))"; fi
   L e rootfs "${REF[gzip]}" "$WORK/e/rootfs" >/dev/null 2>"$WORK/e/err" &&
     cmp -s "$WORK/a/rootfs-gzip/$big_path" "$WORK/e/rootfs/$big_path" &&
-    ok "E: the prefetched file reads equal to the full pull's" ||
-    bad "E: the prefetched file differs or does not read: $(cat "$WORK/e/err")"
-else bad "E: lamina pull --lazy --prefetch: ${big_path:-no file found in the gzip rootfs of A} $(cat "$WORK/e/err" 2>/dev/null)"; fi
+    diff -r "$WORK/a/rootfs-gzip/$dir_path" "$WORK/e/rootfs/$dir_path" > "$WORK/e/diff" 2>&1 &&
+    ok "E: the prefetched file and directory read equal to the full pull's" ||
+    bad "E: the prefetched file or directory differs or does not read: $(cat "$WORK/e/err") $(head -c 300 "$WORK/e/diff" 2>/dev/null)"
+else bad "E: lamina pull --lazy --prefetch --prefetch-file: big file '${big_path:-none found}', directory '${dir_path:-none found}' $(cat "$WORK/e/err" 2>/dev/null)"; fi
+
+# --- F: the files read are recorded, first read first: the next pull's prefetch list --------
+# E read (cmp) the big file, then (diff -r) every file of the directory, through the lazy
+# rootfs. `lamina lazy accessed` must list the big file first, then each of those files
+# (recorded by the servers at most a second later; empty files are never read, a file
+# with other names is recorded under one of them: both left out of the check); prefetching
+# does not count as reading.
+# An image that does not exist is an error.
+if [ -n "$big_path" ] && [ -n "$dir_path" ]; then
+  (cd "$WORK/a/rootfs-gzip" && find "$dir_path" -type f -size +0 -links 1 -printf '/%p\n' | LC_ALL=C sort) > "$WORK/e/dir-files"
+  for _ in $(seq 50); do
+    L e lazy accessed "${REF[gzip]}" > "$WORK/e/accessed" 2>"$WORK/e/err" || break
+    [ "$(head -1 "$WORK/e/accessed")" = "/$big_path" ] &&
+      [ -z "$(LC_ALL=C sort "$WORK/e/accessed" | LC_ALL=C comm -13 - "$WORK/e/dir-files")" ] && break
+    sleep 0.2
+  done
+  missing=$(LC_ALL=C sort "$WORK/e/accessed" 2>/dev/null | LC_ALL=C comm -13 - "$WORK/e/dir-files" | sed -n 1,3p | tr '\n' ' ')
+  if [ "$(head -1 "$WORK/e/accessed")" = "/$big_path" ] && [ -z "$missing" ] &&
+     [ "$(sort "$WORK/e/accessed" | uniq -d | wc -l)" = 0 ]; then
+    ok "F: lamina lazy accessed: $(wc -l < "$WORK/e/accessed") files, /$big_path first, all $(wc -l < "$WORK/e/dir-files") files of /$dir_path, none twice"
+  else bad "F: lamina lazy accessed: first '$(head -1 "$WORK/e/accessed" 2>/dev/null)' (want /$big_path), missing: ${missing:-none} $(cat "$WORK/e/err")"; fi
+  if L e lazy accessed no.such/image:1 > /dev/null 2>"$WORK/e/err"; then
+    bad "F: lamina lazy accessed of an unknown image succeeded"
+  elif grep -q 'no image named' "$WORK/e/err"; then ok "F: lamina lazy accessed of an unknown image: $(head -c 120 "$WORK/e/err" | tr '\n' ' ')"
+  else bad "F: lamina lazy accessed of an unknown image failed unclearly: $(head -c 300 "$WORK/e/err")"; fi
+else bad "F: no big file or directory from E to check"; fi
 
 # --- cleanup: removing the snapshots unmounts the lazy layers, their servers exit ----------
 # remove_images NAME: every image of daemon NAME: rootfs unmounted and removed, the image

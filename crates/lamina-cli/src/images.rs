@@ -77,9 +77,32 @@ pub struct LazyFlags {
     /// Unpack layers smaller than this many bytes even when indexed.
     #[arg(long, value_name = "BYTES")]
     lazy_min_size: Option<u64>,
-    /// A path in the image whose bytes lazy layers fetch first (repeatable).
+    /// A path in the image whose bytes lazy layers fetch first, right after mounting; a
+    /// directory means every file below it (repeatable).
     #[arg(long, value_name = "PATH")]
     prefetch: Vec<String>,
+    /// A file listing such paths, one per line, first needed first (blank lines and lines
+    /// starting with '#' ignored): what a container read as it started, for example.
+    #[arg(long, value_name = "FILE")]
+    prefetch_file: Option<std::path::PathBuf>,
+}
+
+impl LazyFlags {
+    /// The prefetch paths of `--prefetch`, then those of `--prefetch-file`.
+    fn prefetch_paths(&self) -> anyhow::Result<Vec<String>> {
+        let mut paths = self.prefetch.clone();
+        if let Some(file) = &self.prefetch_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the prefetch list {}", file.display()))?;
+            paths.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(paths)
+    }
 }
 
 async fn images_client(socket: &Path) -> anyhow::Result<ImagesClient<tonic::transport::Channel>> {
@@ -163,7 +186,7 @@ pub async fn pull(
             password,
             lazy: (lazy.lazy || lazy.no_lazy).then_some(lazy.lazy),
             lazy_min_size: lazy.lazy_min_size,
-            prefetch: lazy.prefetch,
+            prefetch: lazy.prefetch_paths()?,
         })
         .await?
         .into_inner();

@@ -1,5 +1,6 @@
 //! `lamina lazy`: the layers mounted lazily, their servers and how much of each is on disk.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -20,6 +21,41 @@ struct LazyOut {
     state: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     detail: String,
+}
+
+/// `lamina lazy` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the files of an image's lazy layers in the order they were first read, one
+    /// per line: a prefetch list for `lamina pull --prefetch-file` (e.g. on other hosts).
+    Accessed {
+        /// The image, as `lamina images` names it.
+        image: String,
+    },
+}
+
+/// Prints the files of `image`'s lazy layers, first read first.
+pub async fn accessed(socket: &Path, output: Output, image: &str) -> anyhow::Result<()> {
+    let channel = lamina_proto::connect_unix(socket)
+        .await
+        .with_context(|| format!("connecting to laminad at {}", socket.display()))?;
+    let paths = LazyLayersClient::new(channel)
+        .accessed(pb::AccessedRequest {
+            image: image.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .paths;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&paths)?),
+        Output::Text => {
+            let mut out = std::io::stdout().lock();
+            for p in paths {
+                writeln!(out, "{p}")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prints every lazy layer.

@@ -104,7 +104,11 @@ enum Command {
     #[command(subcommand)]
     Layer(layer::Command),
     /// List the layers mounted lazily and how much of each is on disk.
-    Lazy,
+    Lazy {
+        /// What else to show about lazy layers.
+        #[command(subcommand)]
+        command: Option<lazy::Command>,
+    },
     /// Build seekable layer indexes of an image and push them beside it (lazy loading).
     #[command(subcommand)]
     Index(index::Command),
@@ -173,7 +177,10 @@ fn main() {
                         images::pull(&cli.socket, cli.output, &reference, plain_http, user, lazy)
                             .await
                     }
-                    Command::Lazy => lazy::list(&cli.socket, cli.output).await,
+                    Command::Lazy { command: None } => lazy::list(&cli.socket, cli.output).await,
+                    Command::Lazy {
+                        command: Some(lazy::Command::Accessed { image }),
+                    } => lazy::accessed(&cli.socket, cli.output, &image).await,
                     Command::Import { path, name } => {
                         images::import(&cli.socket, cli.output, &path, name).await
                     }

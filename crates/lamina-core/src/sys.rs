@@ -371,7 +371,8 @@ pub fn list_xattrs(path: &Path) -> Result<Vec<OsString>> {
     }
 }
 
-/// Reads one extended attribute of `path` (not following symlinks); `None` if absent.
+/// Reads one extended attribute of `path` (not following symlinks); `None` if absent
+/// (or if its file system has no xattrs).
 pub fn get_xattr(path: &Path, name: &OsString) -> Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 256];
     loop {
@@ -381,7 +382,8 @@ pub fn get_xattr(path: &Path, name: &OsString) -> Result<Option<Vec<u8>>> {
                 return Ok(Some(buf));
             }
             Err(rustix::io::Errno::RANGE) => buf.resize(buf.len() * 4, 0),
-            Err(rustix::io::Errno::NODATA) => return Ok(None),
+            // A file system without xattrs (or a lazy layer that has none) has none.
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(None),
             Err(e) => return Err(io_err("getxattr", path, e)),
         }
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use lamina_core::fsutil::{manifest_differences, tree_manifest, EntryFacts};
 use lamina_core::index::{build_index, BuildOptions, TocEntry};
 use lamina_core::layer::{apply_layer, ApplyOptions};
-use lamina_core::lazy::{LayerData, LazyMount, Tree};
+use lamina_core::lazy::{AccessLog, LayerData, LazyMount, MountAccess, Tree};
 use lamina_core::Mount;
 use tar::{Builder, EntryType, Header};
 
@@ -99,6 +99,15 @@ fn stream_read(tar: &[u8], data: u64, offset: u64, buf: &mut [u8]) -> usize {
     n
 }
 
+/// The stream `tar` served from memory (every read failing when `broken`).
+fn memory(tar: Vec<u8>, broken: bool) -> Arc<Memory> {
+    Arc::new(Memory {
+        tar,
+        reads: AtomicU64::new(0),
+        broken,
+    })
+}
+
 impl LayerData for Memory {
     fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         self.reads.fetch_add(1, Ordering::Relaxed);
@@ -145,11 +154,7 @@ fn a_lazy_layer_equals_its_unpack_alone_and_under_an_overlay() {
     let t = common::tmp("lamina-lazy-test-");
     let tar = layer();
     let entries = toc(&tar);
-    let data = Arc::new(Memory {
-        tar: tar.clone(),
-        reads: AtomicU64::new(0),
-        broken: false,
-    });
+    let data = memory(tar.clone(), false);
     let mnt = t.path().join("lazy");
     std::fs::create_dir(&mnt).unwrap();
     let lazy = LazyMount::mount(Arc::new(Tree::build(&entries)), data.clone(), &mnt).unwrap();
@@ -218,17 +223,149 @@ fn a_lazy_layer_equals_its_unpack_alone_and_under_an_overlay() {
     );
 }
 
+/// A layer without any extended attribute: its mount answers "not supported" to every
+/// getxattr (one answer from the server, then the kernel's own), which readers and
+/// overlayfs take as "none"; listing says "none" as an unpacked layer's would.
+#[test]
+fn a_layer_without_xattrs_reads_as_having_none_alone_and_under_an_overlay() {
+    common::require_root(WHY);
+    let t = common::tmp("lamina-lazy-test-");
+    let mut b = Builder::new(Vec::new());
+    for d in ["etc/", "bin/"] {
+        let mut h = header(EntryType::Directory, 0o755, 0);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    for (p, data) in [
+        ("etc/conf", &b"a=1\n"[..]),
+        ("bin/run", &b"#!/bin/sh\n"[..]),
+    ] {
+        let mut h = header(EntryType::Regular, 0o755, data.len() as u64);
+        b.append_data(&mut h, p, data).unwrap();
+    }
+    let mut h = header(EntryType::Regular, 0o644, 0);
+    b.append_data(&mut h, "etc/.wh.gone", std::io::empty())
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let tree = Tree::build(&toc(&tar));
+    assert!((1..=tree.len() as u64).all(|i| tree.node(i).is_none_or(|n| n.xattrs.is_empty())));
+    let data = memory(tar.clone(), false);
+    let mnt = t.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let _lazy = LazyMount::mount(Arc::new(tree), data, &mnt).unwrap();
+    let unpacked = t.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    apply_layer(&tar[..], &unpacked, &ApplyOptions::default()).unwrap();
+    same(
+        &manifest(&mnt),
+        &manifest(&unpacked),
+        "no-xattr layer vs its unpack",
+    );
+    for _ in 0..2 {
+        for name in ["security.capability", "trusted.overlay.opaque", "user.x"] {
+            let got = lamina_core::sys::get_xattr(&mnt.join("bin/run"), &name.into());
+            assert!(matches!(got, Ok(None)), "{name}: {got:?}");
+        }
+    }
+    assert!(lamina_core::sys::list_xattrs(&mnt.join("etc"))
+        .unwrap()
+        .is_empty());
+    // That "none" is the kernel's own "not supported": no more requests reach the server.
+    let raw = rustix::fs::lgetxattr(mnt.join("etc/conf"), "user.y", &mut [0u8; 16][..]);
+    assert_eq!(raw, Err(rustix::io::Errno::NOTSUP));
+
+    // Under a writable overlay: the whiteout hides the lower file, the files read, and
+    // a write copies the file up (overlayfs lists and copies no xattrs).
+    let base = t.path().join("base");
+    std::fs::create_dir_all(base.join("etc")).unwrap();
+    std::fs::write(base.join("etc/gone"), "x").unwrap();
+    std::fs::write(base.join("etc/kept"), "k").unwrap();
+    let (upper, work, merged) = (t.path().join("u"), t.path().join("w"), t.path().join("m"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let m = Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: vec![
+            "index=off".into(),
+            format!("lowerdir={}:{}", mnt.display(), base.display()),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", work.display()),
+        ],
+    };
+    lamina_core::sys::mount_all(&[m], &merged).unwrap();
+    let seen = (|| -> std::io::Result<_> {
+        let gone = merged.join("etc/gone").symlink_metadata().is_err();
+        let kept = std::fs::read_to_string(merged.join("etc/kept"))?;
+        let conf = std::fs::read_to_string(merged.join("etc/conf"))?;
+        let xattr = lamina_core::sys::get_xattr(&merged.join("etc/conf"), &"user.x".into())
+            .map_err(std::io::Error::other)?;
+        std::fs::write(merged.join("etc/conf"), "a=2\n")?;
+        Ok((
+            gone,
+            kept,
+            conf,
+            xattr,
+            std::fs::read_to_string(merged.join("etc/conf"))?,
+        ))
+    })();
+    lamina_core::sys::unmount(&merged).unwrap();
+    let (gone, kept, conf, xattr, after) = seen.unwrap();
+    assert!(gone, "the whiteout hides etc/gone");
+    assert_eq!((kept.as_str(), conf.as_str()), ("k", "a=1\n"));
+    assert_eq!(xattr, None);
+    assert_eq!(after, "a=2\n");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/conf")).unwrap(),
+        "a=2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join("etc/conf")).unwrap(),
+        "a=1\n",
+        "the lazy layer is untouched"
+    );
+}
+
+/// First reads are noted in order, once each, whether the bytes came from a read thread
+/// or from what is local; a lookup or a stat is no read.
+#[test]
+fn first_reads_are_recorded_in_order() {
+    common::require_root(WHY);
+    let t = common::tmp("lamina-lazy-test-");
+    let tar = layer();
+    let tree = Arc::new(Tree::build(&toc(&tar)));
+    let data = memory(tar, false);
+    let mnt = t.path().join("lazy");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = Arc::new(AccessLog::new(tree.len()));
+    let _lazy = LazyMount::mount_recording(
+        tree.clone(),
+        data,
+        &mnt,
+        MountAccess::RootOnly,
+        Some(log.clone()),
+    )
+    .unwrap();
+    std::fs::metadata(mnt.join("opq/new")).unwrap();
+    for p in ["usr/bin/tool", "etc/hosts", "usr/bin/tool", "usr/bin/again"] {
+        std::fs::read(mnt.join(p)).unwrap();
+    }
+    let inos: Vec<u64> = log.take().into_iter().map(|(_, ino)| ino).collect();
+    let paths: Vec<Option<PathBuf>> = tree.paths(&inos);
+    assert_eq!(
+        paths,
+        [Some("usr/bin/tool".into()), Some("etc/hosts".into())],
+        "usr/bin/again is the same file as usr/bin/tool; opq/new was only looked up"
+    );
+}
+
 #[test]
 fn a_failing_data_source_gives_readers_eio() {
     common::require_root(WHY);
     let t = common::tmp("lamina-lazy-test-");
     let tar = layer();
     let entries = toc(&tar);
-    let data = Arc::new(Memory {
-        tar,
-        reads: AtomicU64::new(0),
-        broken: true,
-    });
+    let data = memory(tar, true);
     let mnt = t.path().join("lazy");
     std::fs::create_dir(&mnt).unwrap();
     let _lazy = LazyMount::mount(Arc::new(Tree::build(&entries)), data, &mnt).unwrap();
@@ -376,7 +513,6 @@ fn cat_as_user(path: &Path) -> Result<Vec<u8>, String> {
 /// (`MountAccess::AllUsers`) other users may read the mount directly.
 #[test]
 fn a_lazy_mount_is_root_only_but_its_overlay_serves_every_user() {
-    use lamina_core::lazy::MountAccess;
     use std::os::unix::fs::PermissionsExt;
     common::require_root(WHY);
     // In the system temp dir, not $LAMINA_TEST_DIR: uid 1000 must be able to walk to it.
@@ -388,11 +524,7 @@ fn a_lazy_mount_is_root_only_but_its_overlay_serves_every_user() {
     let tar = layer();
     let entries = toc(&tar);
     let tree = Arc::new(Tree::build(&entries));
-    let data = Arc::new(Memory {
-        tar,
-        reads: AtomicU64::new(0),
-        broken: false,
-    });
+    let data = memory(tar, false);
     let hosts = b"127.0.0.1 localhost\n".to_vec(); // etc/hosts, mode 0644
     for (access, dir) in [
         (MountAccess::RootOnly, "root-only"),

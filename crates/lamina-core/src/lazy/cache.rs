@@ -327,6 +327,55 @@ impl ChunkCache {
         Ok(n)
     }
 
+    /// Fetches the chunks holding byte ranges `ranges` ((start, length) of the stream),
+    /// `workers` threads at a time, the ranges' order kept as well as threads allow: a
+    /// prefetch list names first what a container reads first. Each thread takes a run of
+    /// consecutive chunks, so its decoder goes forward from one checkpoint. Ranges past the
+    /// end of the stream are cut. The first error, once every thread stopped.
+    pub fn prefetch(&self, ranges: &[(u64, u64)], workers: usize) -> std::io::Result<()> {
+        let runs = chunk_runs(ranges, self.chunk, self.len);
+        let next = AtomicU64::new(0);
+        let first_error = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..workers.clamp(1, runs.len().max(1)) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(run) = runs.get(i) else { return };
+                    for c in run.clone() {
+                        if let Err(e) = self.ensure(c) {
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads stream bytes at `offset` into `buf` if every chunk they lie in is present
+    /// (`None` otherwise: nothing is fetched).
+    pub fn read_present(&self, offset: u64, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+        if offset >= self.len || buf.is_empty() {
+            return Some(Ok(0));
+        }
+        let n = (buf.len() as u64).min(self.len - offset) as usize;
+        let last = (offset + n as u64 - 1) / self.chunk;
+        {
+            let st = self.lock();
+            if !(offset / self.chunk..=last).all(|c| Self::has(&st, c)) {
+                return None;
+            }
+        }
+        Some(self.data.read_exact_at(&mut buf[..n], offset).map(|()| n))
+    }
+
     /// Fetches every chunk still missing, in order, until done or `stop` is set: the
     /// background fetch that completes a layer after its container started. It pauses
     /// while reads are fetching (a container reading its files comes first).
@@ -350,10 +399,37 @@ impl ChunkCache {
     }
 }
 
+/// The chunks (of `chunk` bytes, in a stream of `len`) holding `ranges`, as runs of
+/// consecutive chunks in the order the ranges first need them, each chunk in one run only.
+fn chunk_runs(ranges: &[(u64, u64)], chunk: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+    let mut seen = HashSet::new();
+    let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+    for &(start, size) in ranges {
+        let end = start.saturating_add(size).min(len);
+        if start >= end {
+            continue;
+        }
+        for c in start / chunk..=(end - 1) / chunk {
+            if !seen.insert(c) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(run) if run.end == c => run.end += 1,
+                _ => runs.push(c..c + 1),
+            }
+        }
+    }
+    runs
+}
+
 /// A file's data handle is where its bytes start in the layer stream.
 impl LayerData for ChunkCache {
     fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         self.read_at(data.saturating_add(offset), buf)
+    }
+
+    fn read_local(&self, data: u64, offset: u64, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+        self.read_present(data.saturating_add(offset), buf)
     }
 }
 
@@ -366,6 +442,16 @@ mod tests {
         bytes: Vec<u8>,
         reads: AtomicU64,
         broken: AtomicBool,
+    }
+
+    impl Source {
+        fn new(bytes: Vec<u8>) -> Arc<Source> {
+            Arc::new(Source {
+                bytes,
+                reads: AtomicU64::new(0),
+                broken: AtomicBool::new(false),
+            })
+        }
     }
 
     impl StreamSource for Source {
@@ -385,11 +471,7 @@ mod tests {
     fn reads_fetch_once_survive_reopen_fail_and_recover() {
         let dir = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
-        let src = Arc::new(Source {
-            bytes: bytes.clone(),
-            reads: AtomicU64::new(0),
-            broken: AtomicBool::new(false),
-        });
+        let src = Source::new(bytes.clone());
         let len = bytes.len() as u64;
         let cache = ChunkCache::open(dir.path(), src.clone(), len, 8192).unwrap();
         let mut buf = vec![0u8; 10_000];
@@ -435,14 +517,57 @@ mod tests {
     }
 
     #[test]
+    fn chunk_runs_keep_the_asked_order_and_each_chunk_once() {
+        // Chunks of 10 in a stream of 95: the last chunk (90..95) is short.
+        let runs = chunk_runs(
+            &[
+                (45, 20),
+                (0, 5),
+                (60, 30),
+                (5, 1),
+                (94, 100),
+                (200, 5),
+                (30, 0),
+            ],
+            10,
+            95,
+        );
+        assert_eq!(runs, [4..7, 0..1, 7..10]);
+        assert!(chunk_runs(&[], 10, 95).is_empty());
+    }
+
+    #[test]
+    fn prefetch_fetches_exactly_the_chunks_of_the_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let src = Source::new(bytes.clone());
+        let len = bytes.len() as u64;
+        let cache = ChunkCache::open(dir.path(), src.clone(), len, 4096).unwrap();
+        // 3 chunks (8192..20480), 1 (the last, short), 3 (100_000..108_192 spans 24..=26).
+        let ranges = [(8192, 12_288), (199_000, 5000), (100_000, 8192), (8192, 1)];
+        cache.prefetch(&ranges, 4).unwrap();
+        assert_eq!(cache.progress().0, 3 + 1 + 3, "{:?}", cache.progress());
+        let reads = src.reads.load(Ordering::Relaxed);
+        let mut buf = vec![0u8; 8192];
+        cache.read_at(100_000, &mut buf).unwrap();
+        assert_eq!(&buf[..], &bytes[100_000..108_192]);
+        assert_eq!(
+            src.reads.load(Ordering::Relaxed),
+            reads,
+            "all from the cache"
+        );
+        // A broken source: the error comes back, and the cache holds what it held.
+        src.broken.store(true, Ordering::Relaxed);
+        assert!(cache.prefetch(&[(50_000, 10)], 2).is_err());
+        assert_eq!(cache.progress().0, 7);
+        cache.prefetch(&[], 2).unwrap();
+    }
+
+    #[test]
     fn a_read_that_fetched_fetches_the_next_chunks_too() {
         let dir = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
-        let src = Arc::new(Source {
-            bytes: bytes.clone(),
-            reads: AtomicU64::new(0),
-            broken: AtomicBool::new(false),
-        });
+        let src = Source::new(bytes.clone());
         let cache = Arc::new(ChunkCache::open(dir.path(), src, bytes.len() as u64, 8192).unwrap());
         cache.start_readahead(3).unwrap();
         let mut buf = vec![0u8; 100];

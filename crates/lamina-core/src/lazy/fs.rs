@@ -13,6 +13,7 @@ use fuser::{
     ReplyStatfs, ReplyXattr, Request,
 };
 
+use super::access::AccessLog;
 use super::tree::{Node, NodeKind, Tree, ROOT};
 
 /// How long the kernel may keep what it was told: the tree never changes.
@@ -24,6 +25,18 @@ pub trait LayerData: Send + Sync + 'static {
     /// fewer than asked only at the end of the file. Must give up with an error in bounded
     /// time (a reader gets EIO), never block forever.
     fn read(&self, data: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
+
+    /// [`LayerData::read`] if it can be answered at once, from what is already local
+    /// (`None`: it would have to wait, e.g. on the network). Such reads are answered on
+    /// the request loop itself, saving a hand-over to a read thread and back.
+    fn read_local(
+        &self,
+        _data: u64,
+        _offset: u64,
+        _buf: &mut [u8],
+    ) -> Option<std::io::Result<usize>> {
+        None
+    }
 }
 
 /// Threads answering reads: a read may wait on the network, and must not hold up
@@ -41,7 +54,12 @@ struct ReadJob {
 /// The FUSE handlers of one lazy layer.
 pub struct LazyFs {
     tree: Arc<Tree>,
+    data: Arc<dyn LayerData>,
     jobs: std::sync::mpsc::SyncSender<ReadJob>,
+    /// Whether any node has an extended attribute (opaque markers included).
+    has_xattrs: bool,
+    /// Where first reads are noted, if anywhere.
+    log: Option<Arc<AccessLog>>,
 }
 
 impl LazyFs {
@@ -65,7 +83,21 @@ impl LazyFs {
                 tracing::warn!(error = %e, "could not start a FUSE read thread");
             }
         }
-        LazyFs { tree, jobs }
+        let has_xattrs =
+            (1..=tree.len() as u64).any(|ino| tree.node(ino).is_some_and(|n| !n.xattrs.is_empty()));
+        LazyFs {
+            tree,
+            data,
+            jobs,
+            has_xattrs,
+            log: None,
+        }
+    }
+
+    /// Notes the first read of each file in `log` (a prefetch list for the next start).
+    pub fn recording(mut self, log: Arc<AccessLog>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     fn attr(&self, ino: u64, n: &Node) -> FileAttr {
@@ -234,6 +266,9 @@ impl Filesystem for LazyFs {
         let Some(n) = self.tree.node(ino) else {
             return reply.error(libc::ENOENT);
         };
+        if let Some(log) = &self.log {
+            log.note(ino);
+        }
         let (Some(data), Ok(offset)) = (n.data, u64::try_from(offset)) else {
             return reply.error(libc::EINVAL);
         };
@@ -241,6 +276,15 @@ impl Filesystem for LazyFs {
             return reply.data(&[]);
         }
         let len = (size as u64).min(n.size - offset) as usize;
+        let mut buf = vec![0u8; len];
+        match self.data.read_local(data, offset, &mut buf) {
+            Some(Ok(got)) if got == len => return reply.data(&buf),
+            Some(Err(e)) => {
+                tracing::warn!(file = data, offset, error = %e, "lazy read failed");
+                return reply.error(libc::EIO);
+            }
+            _ => {} // not all local (or short): a read thread fetches it
+        }
         let job = ReadJob {
             data,
             offset,
@@ -297,6 +341,13 @@ impl Filesystem for LazyFs {
         size: u32,
         reply: ReplyXattr,
     ) {
+        if !self.has_xattrs {
+            // ENOSYS makes the kernel answer every later getxattr of this mount itself
+            // ("not supported", which overlayfs and file capabilities take as "none"):
+            // most layers have no xattrs, and overlayfs asks about each file it looks up.
+            // Listing stays (it is off the lookup path): it says "none" as a disk would.
+            return reply.error(libc::ENOSYS);
+        }
         let value = self
             .tree
             .node(ino)

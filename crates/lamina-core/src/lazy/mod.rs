@@ -2,6 +2,7 @@
 //! their bytes read only when a process reads them, so a container can start before its
 //! image is downloaded. The mounted layer is an ordinary overlayfs lower directory.
 
+pub mod access;
 pub mod cache;
 pub mod fs;
 pub mod indexed;
@@ -10,6 +11,7 @@ pub mod tree;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use access::AccessLog;
 pub use cache::{ChunkCache, StreamSource};
 pub use fs::{LayerData, LazyFs};
 pub use indexed::{IndexedStream, NotLazy};
@@ -49,11 +51,25 @@ impl LazyMount {
         target: &Path,
         access: MountAccess,
     ) -> Result<LazyMount> {
+        LazyMount::mount_recording(tree, data, target, access, None)
+    }
+
+    /// [`LazyMount::mount_with`], noting in `log` (when given) the first read of each file.
+    pub fn mount_recording(
+        tree: Arc<Tree>,
+        data: Arc<dyn LayerData>,
+        target: &Path,
+        access: MountAccess,
+        log: Option<Arc<AccessLog>>,
+    ) -> Result<LazyMount> {
         let fd = crate::sys::mount_fuse(target, "lamina", access == MountAccess::AllUsers)?;
+        let mut fs = LazyFs::new(tree, data);
+        if let Some(log) = log {
+            fs = fs.recording(log);
+        }
         // The kernel enforces `access` (allow_other or not); the session lets through
         // whatever the kernel lets through.
-        let mut session =
-            fuser::Session::from_fd(LazyFs::new(tree, data), fd, fuser::SessionACL::All);
+        let mut session = fuser::Session::from_fd(fs, fd, fuser::SessionACL::All);
         let server = std::thread::Builder::new()
             .name("lamina-fuse".into())
             .spawn(move || session.run())

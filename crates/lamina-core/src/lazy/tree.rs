@@ -202,6 +202,48 @@ impl Tree {
         names.iter().rev().collect()
     }
 
+    /// The paths of inodes `inos` (of a hard-linked file, one of its names), `None` for
+    /// one not in the tree. Each directory involved is scanned once, however many of its
+    /// entries are asked for.
+    pub fn paths(&self, inos: &[u64]) -> Vec<Option<PathBuf>> {
+        use std::collections::HashMap;
+        // Directory -> (entry inode -> name), and directory -> its path, as met.
+        let mut names: HashMap<u64, HashMap<u64, &OsString>> = HashMap::new();
+        let mut dirs: HashMap<u64, PathBuf> = HashMap::from([(ROOT, PathBuf::new())]);
+        let mut path_of = |ino: u64| -> Option<PathBuf> {
+            // Up to the nearest directory whose path is known, then down again.
+            let mut up = Vec::new();
+            let mut at = ino;
+            let mut base = loop {
+                if let Some(p) = dirs.get(&at) {
+                    break p.clone();
+                }
+                let parent = self.node(at)?.parent;
+                if up.contains(&at) || up.len() > self.nodes.len() {
+                    return None; // not reachable from the root
+                }
+                up.push(at);
+                at = parent;
+            };
+            for &child in up.iter().rev() {
+                let parent = self.node(child)?.parent;
+                let dir = names.entry(parent).or_insert_with(|| {
+                    self.node(parent)
+                        .map(|p| p.children.iter().map(|(n, &c)| (c, n)).collect())
+                        .unwrap_or_default()
+                });
+                base.push(dir.get(&child)?);
+                if self.node(child)?.kind == NodeKind::Dir {
+                    dirs.insert(child, base.clone());
+                }
+            }
+            Some(base)
+        };
+        inos.iter()
+            .map(|&ino| if ino == ROOT { None } else { path_of(ino) })
+            .collect()
+    }
+
     /// The inode at `path`, following no symlinks.
     pub fn lookup_path(&self, path: &Path) -> Option<u64> {
         let mut ino = ROOT;
@@ -209,6 +251,33 @@ impl Tree {
             ino = *self.node(ino)?.children.get(c.as_os_str())?;
         }
         Some(ino)
+    }
+
+    /// Where the bytes of the files at `paths` lie in the layer stream, as (start, length)
+    /// in the order given: a directory stands for every file below it (in name order), a
+    /// path the layer lacks for nothing. What a prefetch list asks for.
+    pub fn data_ranges(&self, paths: &[PathBuf]) -> Vec<(u64, u64)> {
+        let mut ranges = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for path in paths {
+            let Some(top) = self.lookup_path(path) else {
+                continue;
+            };
+            let mut stack = vec![top];
+            while let Some(ino) = stack.pop() {
+                let Some(n) = self.node(ino) else { continue };
+                if !seen.insert(ino) {
+                    continue; // a hard link met again, or a path listed twice
+                }
+                match (n.kind, n.data) {
+                    (NodeKind::File, Some(start)) if n.size > 0 => ranges.push((start, n.size)),
+                    // Children pushed in reverse so they come off the stack in name order.
+                    (NodeKind::Dir, _) => stack.extend(n.children.values().rev()),
+                    _ => {}
+                }
+            }
+        }
+        ranges
     }
 
     fn node_mut(&mut self, ino: u64) -> &mut Node {
@@ -480,6 +549,74 @@ mod tests {
         assert_eq!(c.kind, NodeKind::Dir, "a later directory replaces the file");
         let a = t.node(t.lookup_path(Path::new("a")).unwrap()).unwrap();
         assert_eq!((a.mode, a.uid), (0o755, 0), "implicit parents: 0755, root");
+    }
+
+    #[test]
+    fn data_ranges_follow_the_list_and_expand_directories() {
+        let file = |path: &str, at: u64, size: u64| {
+            let mut f = e(path, EntryKind::File);
+            (f.data_offset, f.size) = (Some(at), size);
+            f
+        };
+        let mut link = e("d/link", EntryKind::HardLink);
+        link.link_target = Some("d/b".into());
+        let t = Tree::build(&[
+            file("d/b", 100, 10),
+            file("d/a", 200, 20),
+            file("d/e/c", 300, 30),
+            file("d/empty", 400, 0),
+            link,
+            file("top", 500, 50),
+            e("d/sym", EntryKind::Symlink),
+        ]);
+        let paths = ["top", "missing", "d", "/d/a", "d/sym"].map(PathBuf::from);
+        assert_eq!(
+            t.data_ranges(&paths),
+            [(500, 50), (200, 20), (100, 10), (300, 30)],
+            "listed order, a directory's files in name order, each file once, \
+             empty files, symlinks and missing paths left out"
+        );
+        assert!(t.data_ranges(&[]).is_empty());
+    }
+
+    #[test]
+    fn paths_of_inodes() {
+        let mut link = e("a/b/link", EntryKind::HardLink);
+        link.link_target = Some("a/f".into());
+        let t = Tree::build(&[
+            e("a/f", EntryKind::File),
+            e("a/b/g", EntryKind::File),
+            link,
+            e("top", EntryKind::File),
+        ]);
+        let ino = |p: &str| t.lookup_path(Path::new(p)).unwrap();
+        let asked = [
+            ino("a/b/g"),
+            ino("top"),
+            ino("a/f"),
+            ino("a/b"),
+            ROOT,
+            9999,
+            ino("a/b/g"),
+        ];
+        let want = ["a/b/g", "top", "a/f", "a/b"].map(|p| Some(PathBuf::from(p)));
+        assert_eq!(
+            t.paths(&asked),
+            [
+                want[0].clone(),
+                want[1].clone(),
+                want[2].clone(),
+                want[3].clone(),
+                None,
+                None,
+                want[0].clone()
+            ]
+        );
+        assert_eq!(
+            t.paths(&[ino("a/b/link")]),
+            [Some(PathBuf::from("a/f"))],
+            "a hard link: its first name"
+        );
     }
 
     #[test]

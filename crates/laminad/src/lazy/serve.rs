@@ -15,14 +15,14 @@ use anyhow::{bail, Context};
 use lamina_core::index::{BlobSource, IndexedLayer};
 use lamina_core::lazy::indexed::ReadAhead;
 use lamina_core::lazy::{
-    indexed, ChunkCache, IndexedStream, LayerData, LazyMount, MountAccess, Tree,
+    indexed, AccessLog, ChunkCache, IndexedStream, LayerData, LazyMount, MountAccess, Tree,
 };
 use lamina_registry::{
     BlockingBlob, Credentials, HostsConfig, Reference, RegistryClient, RetryPolicy,
 };
 use sha2::Digest as _;
 
-use super::spec::{LayerState, LazySpec, CACHE_DIR, LAZY_DIR, PID_FILE};
+use super::spec::{LayerState, LazySpec, ACCESS_FILE, CACHE_DIR, LAZY_DIR, PID_FILE};
 
 /// What the server prints on stdout once its mount is up (laminad waits for it).
 pub const READY: &str = "ready";
@@ -30,6 +30,9 @@ pub const READY: &str = "ready";
 const FETCH_WINDOW: usize = 512 << 10;
 /// Uncompressed bytes fetched ahead of a read that had to fetch.
 const READ_AHEAD: u64 = 256 << 10;
+/// Threads fetching a prefetch list: each a range request and a decoder at a time, so
+/// the list's cold starts overlap.
+const PREFETCH_THREADS: usize = 4;
 
 /// The registry blob, as the index reads it.
 struct RemoteBlob(BlockingBlob);
@@ -55,6 +58,13 @@ impl LayerData for Checked {
             ));
         }
         self.cache.read(data, offset, buf)
+    }
+
+    fn read_local(&self, data: u64, offset: u64, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+        if self.bad.load(Ordering::Relaxed) {
+            return None; // the read thread answers with the error
+        }
+        self.cache.read_local(data, offset, buf)
     }
 }
 
@@ -129,7 +139,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     } else {
         MountAccess::RootOnly
     };
-    let mount = LazyMount::mount_with(tree.clone(), data.clone(), &dir.join("fs"), access)?;
+    let log = Arc::new(AccessLog::new(tree.len()));
+    let mount = LazyMount::mount_recording(
+        tree.clone(),
+        data.clone(),
+        &dir.join("fs"),
+        access,
+        Some(log.clone()),
+    )?;
     let pid_path = dir.join(LAZY_DIR).join(PID_FILE);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
@@ -147,23 +164,28 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         let _ = rustix::stdio::dup2_stdout(&null);
     }
     if !matches!(state, Some(LayerState::Verified | LayerState::Failed)) {
-        let (dir, spec) = (dir.to_path_buf(), spec.clone());
+        let (dir, spec, tree) = (dir.to_path_buf(), spec.clone(), tree.clone());
         std::thread::Builder::new()
             .name("lazy-fill".into())
             .spawn(move || background_fetch(&dir, &spec, &tree, &data))
             .context("starting the background fetch")?;
     }
-    // What `lamina lazy` reports comes from the saved bitmap: keep it at most a second old.
+    // What `lamina lazy` reports comes from the saved bitmap and the access file: keep
+    // them at most a second old.
     {
-        let cache = Arc::downgrade(&cache);
+        let (cache, log) = (Arc::downgrade(&cache), Arc::downgrade(&log));
+        let (dir, tree) = (dir.to_path_buf(), tree.clone());
         std::thread::Builder::new()
             .name("lazy-save".into())
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_secs(1));
-                let Some(cache) = cache.upgrade() else { return };
+                let (Some(cache), Some(log)) = (cache.upgrade(), log.upgrade()) else {
+                    return;
+                };
                 if let Err(e) = cache.flush() {
                     tracing::warn!(error = %e, "saving the chunk bitmap");
                 }
+                save_accessed(&dir, &tree, &log);
             })
             .context("starting the bitmap saver")?;
     }
@@ -171,32 +193,54 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     if let Err(e) = cache.flush() {
         tracing::warn!(error = %e, "saving the chunk bitmap");
     }
+    save_accessed(dir, &tree, &log);
     tracing::info!(dir = %dir.display(), "lazy layer unmounted");
     Ok(served?)
+}
+
+/// Appends the files first read since the last call to the layer's access file. Paths
+/// a line-based prefetch list cannot hold (not UTF-8, or with a line break) are left out.
+fn save_accessed(dir: &Path, tree: &Tree, log: &AccessLog) {
+    let fresh = log.take();
+    if fresh.is_empty() {
+        return;
+    }
+    let inos: Vec<u64> = fresh.iter().map(|&(_, ino)| ino).collect();
+    let mut lines = String::new();
+    for ((ms, _), path) in fresh.iter().zip(tree.paths(&inos)) {
+        match path.as_deref().and_then(Path::to_str) {
+            Some(p) if !p.contains(['\n', '\r']) => lines.push_str(&format!("{ms}\t/{p}\n")),
+            _ => {}
+        }
+    }
+    let path = dir.join(LAZY_DIR).join(ACCESS_FILE);
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(lines.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "saving the files read");
+    }
 }
 
 /// Prefetches the spec's paths, then (after the fill delay) fetches the whole layer,
 /// retrying while the registry is away, and checks the stream against the diffID.
 fn background_fetch(dir: &Path, spec: &LazySpec, tree: &Tree, data: &Checked) {
     let cache = &data.cache;
-    for path in &spec.prefetch {
-        let Some(node) = tree.lookup_path(path).and_then(|ino| tree.node(ino)) else {
-            continue;
-        };
-        if let Some(start) = node.data {
-            let mut buf = vec![0u8; spec.chunk_size.max(4096) as usize];
-            let mut at = 0;
-            while at < node.size {
-                let want = (node.size - at).min(buf.len() as u64) as usize;
-                match cache.read_at(start + at, &mut buf[..want]) {
-                    Ok(0) => break,
-                    Ok(n) => at += n as u64,
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "prefetch failed");
-                        break;
-                    }
-                }
-            }
+    if !spec.prefetch.is_empty() {
+        let started = std::time::Instant::now();
+        let ranges = tree.data_ranges(&spec.prefetch);
+        let bytes: u64 = ranges.iter().map(|r| r.1).sum();
+        match cache.prefetch(&ranges, PREFETCH_THREADS) {
+            Ok(()) => tracing::info!(
+                files = ranges.len(),
+                bytes,
+                secs = started.elapsed().as_secs_f64(),
+                "prefetched"
+            ),
+            // The background fetch below gets the rest, retrying.
+            Err(e) => tracing::warn!(error = %e, "prefetch failed"),
         }
     }
     // Wait out the delay, unless reads completed the layer already (then check it now).

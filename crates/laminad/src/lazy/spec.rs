@@ -19,6 +19,9 @@ pub const STATE_FILE: &str = "state";
 pub const LOG_FILE: &str = "serve.log";
 /// The chunk cache directory.
 pub const CACHE_DIR: &str = "cache";
+/// The layer's files in the order they were first read, "MS\tPATH" per line (ms since
+/// the Unix epoch): what `lamina lazy accessed` turns into a prefetch list.
+pub const ACCESS_FILE: &str = "accessed";
 
 /// One lazy layer: where its bytes are and how to read them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,7 +52,8 @@ pub struct LazySpec {
     /// completed one at a time rather than all at once against the containers' reads.
     #[serde(default)]
     pub fill_lock: Option<PathBuf>,
-    /// Paths (in the image) whose bytes are fetched right after mounting, before the rest.
+    /// Paths (in the image; a directory: every file below it) whose bytes are fetched
+    /// right after mounting, in this order, before the rest.
     #[serde(default)]
     pub prefetch: Vec<PathBuf>,
     /// Use http even for a registry that is not on loopback.

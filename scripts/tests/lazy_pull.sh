@@ -563,6 +563,20 @@ PY
   else bad "D: pull --no-lazy: ${d:-$(cat "$WORK/d/err")}"; fi
 else bad "D: laminad with the default config, lamina pull: $(cat "$WORK/d/err" 2>/dev/null)"; fi
 
+# wait_fetched NAME BYTES: waits (up to 20 s) until daemon NAME's lazy layers hold BYTES
+# in all (`lamina lazy`, in WORK/NAME/lazy.json); sets got to the bytes seen.
+wait_fetched() {
+  local n=$1 want=$2
+  got=0
+  for _ in $(seq 100); do
+    L "$n" -o json lazy > "$WORK/$n/lazy.json" 2>/dev/null &&
+      got=$(py "$WORK/$n/lazy.json" 'str(sum(r["fetched"] for r in j))')
+    [ "$got" -ge "$want" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
 # --- E: a prefetch list is fetched right after the mount, before anything reads ------------
 # The biggest file of the gzip image (from A's full rootfs, by --prefetch) and the directory
 # with the most file bytes not holding it (by --prefetch-file: a directory stands for every
@@ -596,14 +610,8 @@ want=$((big_size + dir_size))
 if [ -n "$big_path" ] && [ "${dir_size:-0}" -gt 0 ] && start e &&
    L e -o json pull --lazy --lazy-min-size 0 --prefetch "$big_path" --prefetch-file "$WORK/e/prefetch.list" \
      "${REF[gzip]}" > "$WORK/e/pull.json" 2>"$WORK/e/err"; then
-  t0=$(now); got=0
-  for _ in $(seq 100); do
-    L e -o json lazy > "$WORK/e/lazy.json" 2>/dev/null &&
-      got=$(py "$WORK/e/lazy.json" 'str(sum(r["fetched"] for r in j))')
-    [ "$got" -ge "$want" ] && break
-    sleep 0.2
-  done
-  if [ "$got" -ge "$want" ]; then
+  t0=$(now)
+  if wait_fetched e "$want"; then
     ok "E: --prefetch $big_path ($big_size B) + --prefetch-file naming /$dir_path ($dir_size B): $got B fetched $(elapsed "$t0" "$(now)") s after the pull, nothing read"
   else bad "E: --prefetch $big_path ($big_size B) + /$dir_path ($dir_size B): only $got B fetched after 20 s ($(cat "$WORK/e/lazy.json" 2>/dev/null | tr -d '\n' | head -c 300))"; fi
   L e rootfs "${REF[gzip]}" "$WORK/e/rootfs" >/dev/null 2>"$WORK/e/err" &&
@@ -639,6 +647,28 @@ if [ -n "$big_path" ] && [ -n "$dir_path" ]; then
   else bad "F: lamina lazy accessed of an unknown image failed unclearly: $(head -c 300 "$WORK/e/err")"; fi
 else bad "F: no big file or directory from E to check"; fi
 
+# --- G: a prefetch list published with the indexes is used by lazy pulls on other hosts ----
+# A pushes the zstd image's indexes again with `--prefetch-file` naming its biggest file
+# (the newest artifact is the one pulls use); a fresh laminad G (background fill off) pulls
+# lazily with no list of its own: without a single read, that file's bytes are fetched.
+# A list with a line break in a path is refused.
+config g "lazy_fill_delay_ms = 3600000"
+gbig=$(find "$WORK/a/rootfs-zstd" -xdev -type f -printf '%s %P\n' | sort -n | tail -1)
+gbig_size=${gbig%% *} gbig_path=${gbig#* }
+printf '# published\n/%s\n' "$gbig_path" > "$WORK/g/list"
+if [ -n "$gbig_path" ] &&
+   L a -o json index push --prefetch-file "$WORK/g/list" "${REF[zstd]}" > "$WORK/g/push.json" 2>"$WORK/g/err" &&
+   start g && L g -o json pull --lazy --lazy-min-size 0 "${REF[zstd]}" > "$WORK/g/pull.json" 2>>"$WORK/g/err"; then
+  t0=$(now)
+  if wait_fetched g "$gbig_size"; then
+    ok "G: index push --prefetch-file /$gbig_path ($gbig_size B); a lazy pull elsewhere with no list fetched $got B $(elapsed "$t0" "$(now)") s after it, nothing read"
+  else bad "G: published list /$gbig_path ($gbig_size B): only $got B fetched after 20 s ($(tr -d '\n' < "$WORK/g/lazy.json" 2>/dev/null | head -c 300))"; fi
+else bad "G: index push --prefetch-file / lazy pull: ${gbig_path:-no file found in the zstd rootfs of A} $(cat "$WORK/g/err" 2>/dev/null)"; fi
+if python3 -c 'import sys; open(sys.argv[1], "w").write("a\rb\n")' "$WORK/g/bad-list" &&
+   ! L a index push --prefetch-file "$WORK/g/bad-list" "${REF[zstd]}" > /dev/null 2>"$WORK/g/err" &&
+   grep -q 'line break' "$WORK/g/err"; then ok "G: a prefetch list with a line break in a path is refused: $(head -c 150 "$WORK/g/err" | tr '\n' ' ')"
+else bad "G: a prefetch list with a CR in a path: $(head -c 300 "$WORK/g/err")"; fi
+
 # --- cleanup: removing the snapshots unmounts the lazy layers, their servers exit ----------
 # remove_images NAME: every image of daemon NAME: rootfs unmounted and removed, the image
 # forgotten, its chain removed top down.
@@ -655,7 +685,7 @@ remove_images() {
   done
   return 0
 }
-for n in b c d e; do
+for n in b c d e g; do
   [ -n "${DPID[$n]:-}" ] || continue
   L "$n" -o json lazy > "$WORK/$n/lazy-final.json" 2>/dev/null
   pids=$(py "$WORK/$n/lazy-final.json" '" ".join(str(r["pid"]) for r in j)' 2>/dev/null)

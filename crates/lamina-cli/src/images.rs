@@ -92,17 +92,22 @@ impl LazyFlags {
     fn prefetch_paths(&self) -> anyhow::Result<Vec<String>> {
         let mut paths = self.prefetch.clone();
         if let Some(file) = &self.prefetch_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading the prefetch list {}", file.display()))?;
-            paths.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned),
-            );
+            paths.extend(read_prefetch_list(file)?);
         }
         Ok(paths)
     }
+}
+
+/// The paths of prefetch list `file`: one per line, blank lines and '#' comments skipped.
+pub fn read_prefetch_list(file: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the prefetch list {}", file.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
 }
 
 async fn images_client(socket: &Path) -> anyhow::Result<ImagesClient<tonic::transport::Channel>> {

@@ -36,6 +36,11 @@ pub enum Command {
         /// Uncompressed bytes between decompression checkpoints (default 1 MiB).
         #[arg(long, default_value_t = 0)]
         span: i64,
+        /// Publish this prefetch list with the indexes (paths its containers read first,
+        /// one per line, e.g. from `lamina lazy accessed`): lazy pulls of the image on any
+        /// host then fetch those files first, unless given a list of their own.
+        #[arg(long, value_name = "FILE")]
+        prefetch_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -116,8 +121,13 @@ pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<
             plain_http,
             user,
             span,
+            prefetch_file,
         } => {
             let (username, password) = crate::images::split_user(user)?;
+            let prefetch = match &prefetch_file {
+                Some(file) => crate::images::read_prefetch_list(file)?,
+                None => Vec::new(),
+            };
             let r = client
                 .push(pb::PushIndexesRequest {
                     image,
@@ -125,6 +135,7 @@ pub async fn run(socket: &Path, output: Output, cmd: Command) -> anyhow::Result<
                     username,
                     password,
                     span,
+                    prefetch,
                 })
                 .await?
                 .into_inner();

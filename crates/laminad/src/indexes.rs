@@ -18,6 +18,13 @@ use crate::status::to_status;
 pub const INDEX_ARTIFACT: &str = "application/vnd.lamina.layer-index.v1";
 /// Annotation on each index blob: the layer it indexes.
 pub const LAYER_ANNOTATION: &str = "io.lamina.layer.digest";
+/// Media type of the artifact's prefetch list (paths in the image, one per line, first
+/// needed first).
+pub const PREFETCH_LIST: &str = "application/vnd.lamina.prefetch-list.v1+text";
+/// Largest prefetch list published or fetched, in bytes and in paths.
+pub const MAX_PREFETCH_BYTES: u64 = 4 << 20;
+/// See [`MAX_PREFETCH_BYTES`].
+pub const MAX_PREFETCH_PATHS: usize = 200_000;
 /// Default uncompressed bytes between checkpoints: a lazy read that starts cold
 /// decompresses half a span on average before its first byte, so spans are kept short;
 /// each checkpoint costs a compressed 32 KiB window in the index (about 3 % of a gzip
@@ -77,6 +84,36 @@ fn descriptor(
         .map_err(|e| Status::internal(e.to_string()))
 }
 
+/// The blob of prefetch list `paths` (none if empty): one path per line.
+fn prefetch_list(paths: &[String]) -> Result<Option<Vec<u8>>, Status> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    if paths.len() > MAX_PREFETCH_PATHS {
+        return Err(Status::invalid_argument(format!(
+            "the prefetch list has {} paths; at most {MAX_PREFETCH_PATHS}",
+            paths.len()
+        )));
+    }
+    let mut blob = Vec::new();
+    for p in paths {
+        if p.is_empty() || p.contains(['\n', '\r', '\0']) {
+            return Err(Status::invalid_argument(format!(
+                "prefetch path {p:?}: empty, or holds a line break or NUL"
+            )));
+        }
+        blob.extend_from_slice(p.as_bytes());
+        blob.push(b'\n');
+    }
+    if blob.len() as u64 > MAX_PREFETCH_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the prefetch list is {} bytes; at most {MAX_PREFETCH_BYTES}",
+            blob.len()
+        )));
+    }
+    Ok(Some(blob))
+}
+
 #[tonic::async_trait]
 impl Indexes for IndexService {
     async fn build(
@@ -95,6 +132,7 @@ impl Indexes for IndexService {
         req: Request<pb::PushIndexesRequest>,
     ) -> Result<Response<pb::PushIndexesResponse>, Status> {
         let r = req.into_inner();
+        let prefetch = prefetch_list(&r.prefetch)?;
         let layers = IndexService::build(self, r.image.clone(), r.span).await?;
         let image = self
             .store
@@ -154,6 +192,18 @@ impl Indexes for IndexService {
                 .map_err(registry_status)?;
             blobs.push(d);
         }
+        if let Some(list) = prefetch {
+            let digest = sha256(&list);
+            blobs.push(descriptor(
+                MediaType::Other(PREFETCH_LIST.into()),
+                &digest,
+                list.len() as u64,
+            )?);
+            client
+                .push_blob(&digest, Bytes::from(list))
+                .await
+                .map_err(registry_status)?;
+        }
         let empty = b"{}";
         client
             .push_blob(&sha256(empty), Bytes::from_static(empty))
@@ -189,5 +239,34 @@ impl Indexes for IndexService {
             referrers_api: pushed.subject_indexed,
             layers: layers.iter().map(info).collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_list_blobs_are_lines_and_bounded() {
+        assert_eq!(prefetch_list(&[]).unwrap(), None);
+        let paths = ["/usr/bin/app".to_owned(), "etc/x".to_owned()];
+        assert_eq!(
+            prefetch_list(&paths).unwrap().as_deref(),
+            Some(&b"/usr/bin/app\netc/x\n"[..])
+        );
+        for bad in ["", "a\nb", "a\rb", "a\0b"] {
+            let e = prefetch_list(&[bad.to_owned()]).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        let many = vec!["/f".to_owned(); MAX_PREFETCH_PATHS + 1];
+        assert_eq!(
+            prefetch_list(&many).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let big = vec!["x".repeat(4096); 1100];
+        assert_eq!(
+            prefetch_list(&big).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

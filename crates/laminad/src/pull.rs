@@ -182,12 +182,12 @@ pub async fn pull(
         let found =
             crate::lazy::find_indexes(&client, &resolved.digest, &layers, settings.min_layer_size)
                 .await;
-        if !found.is_empty() {
+        if !found.candidates.is_empty() {
             // What will be downloaded: the layers not mounted lazily.
             report(Progress::Layers(
                 layers
                     .iter()
-                    .filter(|l| !found.contains_key(&l.digest))
+                    .filter(|l| !found.candidates.contains_key(&l.digest))
                     .cloned()
                     .collect(),
             ));
@@ -292,16 +292,18 @@ struct ImageParts {
     layers: Vec<LayerRecord>,
 }
 
-/// Pulls an image some of whose layers have indexes in `lazy`: those are mounted lazily,
-/// the others downloaded (all at once) and unpacked, bottom first, on top of them.
+/// Pulls an image some of whose layers have indexes in `found`: those are mounted lazily,
+/// the others downloaded (all at once) and unpacked, bottom first, on top of them. The
+/// prefetch list is the caller's, or else the one published with the indexes.
 async fn pull_lazily(
     store: Arc<Snapshotter>,
     client: Arc<RegistryClient>,
     image: ImageParts,
-    lazy: std::collections::HashMap<String, crate::lazy::LazyCandidate>,
+    found: crate::lazy::Found,
     settings: crate::lazy::LazySettings,
     opts: &PullOptions,
 ) -> Result<Pulled, Status> {
+    let lazy = found.candidates;
     let mut downloads = tokio::task::JoinSet::new();
     let gate = Arc::new(Semaphore::new(DOWNLOADS));
     for l in image
@@ -331,11 +333,12 @@ async fn pull_lazily(
     while let Some(done) = downloads.join_next().await {
         done.map_err(|e| Status::internal(e.to_string()))??;
     }
-    let (credentials, plain_http, prefetch) = (
-        opts.credentials.clone(),
-        opts.plain_http,
-        opts.prefetch.clone(),
-    );
+    let prefetch = if opts.prefetch.is_empty() {
+        found.prefetch
+    } else {
+        opts.prefetch.clone()
+    };
+    let (credentials, plain_http) = (opts.credentials.clone(), opts.plain_http);
     tokio::task::spawn_blocking(move || {
         build_chain(
             &store,

@@ -27,7 +27,7 @@ pub const CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 type SharedFetch = Arc<OnceCell<Result<(), String>>>;
 
 /// The layers of an image that can be mounted lazily, by digest, found once per image.
-type LazyLayers = Arc<HashMap<String, crate::lazy::LazyCandidate>>;
+type LazyLayers = Arc<crate::lazy::Found>;
 
 /// Fetches layers for remote-snapshotter Prepares, each blob once however many ask.
 pub struct RemoteFetcher {
@@ -120,7 +120,7 @@ impl RemoteFetcher {
         &self,
         image: &Reference,
         settings: &crate::lazy::LazySettings,
-    ) -> Result<HashMap<String, crate::lazy::LazyCandidate>, String> {
+    ) -> Result<crate::lazy::Found, String> {
         let client = Arc::new(
             RegistryClient::new(image, &self.hosts, false, None).map_err(|e| e.to_string())?,
         );
@@ -166,17 +166,21 @@ impl RemoteFetcher {
         result
     }
 
-    /// Mounts layer `l` lazily as committed snapshot `key` on `parent`, when that makes
-    /// the chain ID containerd asked for.
+    /// Mounts `candidate`'s layer lazily as committed snapshot `key` on `parent` (its
+    /// server prefetching `prefetch`), when that makes the chain ID containerd asked for
+    /// and lazy pulls are on.
     async fn prepare_lazy(
         &self,
         key: &str,
         parent: &str,
         req: &RemoteRequest,
         labels: Labels,
-        settings: &crate::lazy::LazySettings,
         candidate: &crate::lazy::LazyCandidate,
+        prefetch: &[std::path::PathBuf],
     ) -> Result<bool, String> {
+        let Some(settings) = &self.lazy else {
+            return Ok(false);
+        };
         let parent_chain = parent_chain_id(&self.store, parent)?;
         if parent_chain.is_none() && !parent.is_empty() {
             return Ok(false); // a parent of unknown chain: let containerd unpack
@@ -191,13 +195,13 @@ impl RemoteFetcher {
             key.to_owned(),
             parent.to_owned(),
         );
-        let (candidate, image) = (candidate.clone(), req.image.name());
+        let (candidate, image, prefetch) = (candidate.clone(), req.image.name(), prefetch.to_vec());
         tokio::task::spawn_blocking(move || {
             let source = crate::lazy::Source {
                 image: &image,
                 plain_http: false,
                 credentials: None,
-                prefetch: &[],
+                prefetch: &prefetch,
             };
             let starting = crate::lazy::commit_lazy(
                 &store, &settings, &key, &parent, labels, &candidate, &source,
@@ -231,9 +235,9 @@ impl RemoteFetcher {
             Some(settings) => self.lazy_layers(&req.image, settings).await,
             None => LazyLayers::default(),
         };
-        if let (Some(settings), Some(candidate)) = (&self.lazy, lazy.get(req.layer.as_str())) {
+        if let Some(candidate) = lazy.candidates.get(req.layer.as_str()) {
             match self
-                .prepare_lazy(key, parent, &req, labels.clone(), settings, candidate)
+                .prepare_lazy(key, parent, &req, labels.clone(), candidate, &lazy.prefetch)
                 .await
             {
                 Ok(true) => return Ok(true),
@@ -248,7 +252,7 @@ impl RemoteFetcher {
         for d in req
             .others
             .iter()
-            .filter(|d| **d != req.layer && !lazy.contains_key(d.as_str()))
+            .filter(|d| **d != req.layer && !lazy.candidates.contains_key(d.as_str()))
         {
             let (me, image, d) = (self.clone(), req.image.clone(), d.clone());
             tokio::spawn(async move {

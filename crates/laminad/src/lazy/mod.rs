@@ -20,7 +20,9 @@ use oci_spec::image::ImageManifest;
 pub use crate::config::LazySettings;
 pub use spec::LazySpec;
 
-use crate::indexes::{INDEX_ARTIFACT, LAYER_ANNOTATION};
+use crate::indexes::{
+    INDEX_ARTIFACT, LAYER_ANNOTATION, MAX_PREFETCH_BYTES, MAX_PREFETCH_PATHS, PREFETCH_LIST,
+};
 
 /// The label marking a lazily mounted layer snapshot.
 pub const LAZY_LABEL: &str = "lamina.io/lazy";
@@ -36,16 +38,26 @@ pub struct LazyCandidate {
     pub bytes: Vec<u8>,
 }
 
+/// What the registry holds for a lazy pull of an image.
+#[derive(Clone, Default)]
+pub struct Found {
+    /// The layers that can be mounted lazily, by layer digest.
+    pub candidates: HashMap<String, LazyCandidate>,
+    /// The prefetch list published with the indexes (`lamina index push --prefetch-file`).
+    pub prefetch: Vec<PathBuf>,
+}
+
 /// Finds, in the registry, the indexes of the layers of image manifest `manifest` that
-/// are at least `min_size` bytes and can be served lazily. Anything missing or broken
-/// means "unpack that layer": the result is a hint, never an error.
+/// are at least `min_size` bytes and can be served lazily, and the prefetch list
+/// published with them. Anything missing or broken means "unpack that layer" (or "no
+/// list"): the result is a hint, never an error.
 pub async fn find_indexes(
     client: &Arc<RegistryClient>,
     manifest: &str,
     layers: &[LayerRecord],
     min_size: u64,
-) -> HashMap<String, LazyCandidate> {
-    let mut out = HashMap::new();
+) -> Found {
+    let mut out = Found::default();
     if !layers.iter().any(|l| l.size >= min_size) {
         return out;
     }
@@ -86,7 +98,15 @@ pub async fn find_indexes(
             Some((layer.as_str(), d))
         })
         .collect();
-    // Every index is fetched and checked at once.
+    // The prefetch list (if any) and every index are fetched and checked at once.
+    let list = art
+        .layers()
+        .iter()
+        .find(|d| d.media_type().to_string() == PREFETCH_LIST)
+        .map(|d| {
+            let (client, digest) = (client.clone(), d.digest().to_string());
+            tokio::spawn(async move { fetch_prefetch_list(&client, &digest).await })
+        });
     let mut checks = tokio::task::JoinSet::new();
     for l in layers.iter().filter(|l| l.size >= min_size) {
         let Some(d) = by_layer.get(l.digest.as_str()) else {
@@ -109,10 +129,46 @@ pub async fn find_indexes(
     }
     while let Some(done) = checks.join_next().await {
         if let Ok(Some(candidate)) = done {
-            out.insert(candidate.layer.digest.clone(), candidate);
+            out.candidates
+                .insert(candidate.layer.digest.clone(), candidate);
         }
     }
+    if let Some(list) = list {
+        out.prefetch = list.await.unwrap_or_default();
+    }
     out
+}
+
+/// The published prefetch list `digest`: its paths, or none if it cannot be fetched, is
+/// too big or not text (a hint only).
+async fn fetch_prefetch_list(client: &RegistryClient, digest: &str) -> Vec<PathBuf> {
+    let bytes = match client.blob_bytes_max(digest, MAX_PREFETCH_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(list = digest, error = %e, "cannot fetch the prefetch list: none used");
+            return Vec::new();
+        }
+    };
+    match parse_prefetch_list(&bytes) {
+        Some(paths) => paths,
+        None => {
+            tracing::warn!(list = digest, "the prefetch list is not UTF-8 text of at most {MAX_PREFETCH_PATHS} paths: none used");
+            Vec::new()
+        }
+    }
+}
+
+/// Paths of a prefetch list (one per line; blank lines and '#' comments skipped), if it
+/// is UTF-8 of at most [`MAX_PREFETCH_PATHS`] paths.
+pub fn parse_prefetch_list(bytes: &[u8]) -> Option<Vec<PathBuf>> {
+    let paths: Vec<PathBuf> = std::str::from_utf8(bytes)
+        .ok()?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(PathBuf::from)
+        .collect();
+    (paths.len() <= MAX_PREFETCH_PATHS).then_some(paths)
 }
 
 /// `bytes` as the index of `layer`, if it parses, describes that layer and the layer
@@ -227,4 +283,23 @@ pub fn await_lazy(
 
 fn start_failed(l: &LayerRecord, e: anyhow::Error) -> lamina_core::Error {
     lamina_core::Error::FailedPrecondition(format!("mounting layer {} lazily: {e:#}", l.digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_lists_parse_as_paths_or_not_at_all() {
+        let got =
+            parse_prefetch_list(b"# recorded\n/usr/bin/app\n\n  /etc/app.conf  \nlib\n").unwrap();
+        assert_eq!(
+            got,
+            ["/usr/bin/app", "/etc/app.conf", "lib"].map(PathBuf::from)
+        );
+        assert_eq!(parse_prefetch_list(b""), Some(Vec::new()));
+        assert_eq!(parse_prefetch_list(b"\xff\xfe"), None, "not UTF-8");
+        let long = "/f\n".repeat(MAX_PREFETCH_PATHS + 1);
+        assert_eq!(parse_prefetch_list(long.as_bytes()), None, "too many paths");
+    }
 }

@@ -58,27 +58,24 @@ impl Workload {
     }
 }
 
-/// SplitMix64: small, seedable, good enough to pick operations and keys.
-pub struct Rng(u64);
+/// A seeded generator (rand's StdRng) with the few draws the mix makes: the same seed
+/// gives the same run.
+pub struct Rng(rand::rngs::StdRng);
 
 impl Rng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        rand::Rng::next_u64(&mut self.0)
     }
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+        rand::RngExt::random_range(&mut self.0, 0..n)
     }
 
     /// True with probability `percent`/100.
@@ -183,8 +180,7 @@ pub struct Client {
 impl Client {
     /// A client numbered `id` on `channel`, seeded from `seed`.
     pub fn new(id: usize, seed: u64, channel: Channel, work: std::sync::Arc<Workload>) -> Client {
-        let mut rng = Rng::new(seed ^ (id as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-        rng.next_u64();
+        let rng = Rng::new(seed ^ (id as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
         let mount_point = work.mount_dir.join(format!("client-{id}"));
         Client {
             id,

@@ -102,10 +102,7 @@ impl LazyFlags {
 pub fn read_prefetch_list(file: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading the prefetch list {}", file.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    Ok(lamina_core::lazy::prefetch_list_paths(&text)
         .map(str::to_owned)
         .collect())
 }

@@ -305,13 +305,12 @@ impl ChunkCache {
 
     /// Reads stream bytes at `offset` into `buf`, fetching the chunks they lie in first.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        if offset >= self.len || buf.is_empty() {
+        let Some((n, chunks)) = self.span(offset, buf.len()) else {
             return Ok(0);
-        }
-        let n = (buf.len() as u64).min(self.len - offset) as usize;
-        let last = (offset + n as u64 - 1) / self.chunk;
+        };
+        let last = *chunks.end();
         let mut fetched = false;
-        for c in offset / self.chunk..=last {
+        for c in chunks {
             fetched |= self.ensure(c)?;
         }
         if fetched {
@@ -362,18 +361,29 @@ impl ChunkCache {
     /// Reads stream bytes at `offset` into `buf` if every chunk they lie in is present
     /// (`None` otherwise: nothing is fetched).
     pub fn read_present(&self, offset: u64, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
-        if offset >= self.len || buf.is_empty() {
+        let Some((n, mut chunks)) = self.span(offset, buf.len()) else {
             return Some(Ok(0));
-        }
-        let n = (buf.len() as u64).min(self.len - offset) as usize;
-        let last = (offset + n as u64 - 1) / self.chunk;
+        };
         {
             let st = self.lock();
-            if !(offset / self.chunk..=last).all(|c| Self::has(&st, c)) {
+            if !chunks.all(|c| Self::has(&st, c)) {
                 return None;
             }
         }
         Some(self.data.read_exact_at(&mut buf[..n], offset).map(|()| n))
+    }
+
+    /// How many of `want` bytes at `offset` the stream has, and the chunks they lie in;
+    /// `None` if that is no byte.
+    fn span(&self, offset: u64, want: usize) -> Option<(usize, std::ops::RangeInclusive<u64>)> {
+        if offset >= self.len || want == 0 {
+            return None;
+        }
+        let n = (want as u64).min(self.len - offset) as usize;
+        Some((
+            n,
+            offset / self.chunk..=(offset + n as u64 - 1) / self.chunk,
+        ))
     }
 
     /// Fetches every chunk still missing, in order, until done or `stop` is set: the

@@ -47,7 +47,8 @@ const READERS: usize = 8;
 struct ReadJob {
     data: u64,
     offset: u64,
-    len: usize,
+    /// Where the bytes go: as long as the read asked for.
+    buf: Vec<u8>,
     reply: ReplyData,
 }
 
@@ -141,12 +142,12 @@ fn file_type(k: NodeKind) -> FileType {
     }
 }
 
-/// Reads `job.len` bytes of file `job.data` and answers the kernel; EIO if the source
+/// Reads `job.buf.len()` bytes of file `job.data` and answers the kernel; EIO if the source
 /// fails (it gives up in bounded time).
 fn serve_read(data: &dyn LayerData, job: ReadJob) {
-    let mut buf = vec![0u8; job.len];
+    let mut buf = job.buf;
     let mut filled = 0;
-    while filled < job.len {
+    while filled < buf.len() {
         match data.read(job.data, job.offset + filled as u64, &mut buf[filled..]) {
             Ok(0) => break,
             Ok(k) => filled += k,
@@ -288,7 +289,7 @@ impl Filesystem for LazyFs {
         let job = ReadJob {
             data,
             offset,
-            len,
+            buf,
             reply,
         };
         if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {

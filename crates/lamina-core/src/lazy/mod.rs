@@ -26,6 +26,15 @@ pub struct LazyMount {
     server: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
+/// The paths of a prefetch list (what `lamina pull --prefetch-file` reads and `lamina
+/// index push` publishes): one per line, first needed first; surrounding blanks trimmed,
+/// empty lines and lines starting with '#' skipped.
+pub fn prefetch_list_paths(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
 /// Who may use a lazy layer's mount directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MountAccess {

@@ -137,8 +137,11 @@ impl Tree {
                 std::fs::symlink_metadata(&p).ok().map(|m| (p, m))
             })
         };
-        for ino in std::mem::take(&mut self.implicit) {
-            let rel = self.path_of(ino);
+        let implicit: Vec<u64> = std::mem::take(&mut self.implicit).into_iter().collect();
+        let paths = self.paths(&implicit);
+        for (ino, rel) in implicit.into_iter().zip(paths) {
+            // A directory replaced later in the layer is no longer in the tree.
+            let Some(rel) = rel else { continue };
             let Some((path, meta)) = below(&rel).filter(|(_, m)| m.is_dir()) else {
                 continue;
             };
@@ -183,23 +186,6 @@ impl Tree {
                 }
             }
         }
-    }
-
-    /// The path of directory `ino` from the root.
-    fn path_of(&self, mut ino: u64) -> PathBuf {
-        let mut names = Vec::new();
-        while ino != ROOT {
-            let Some(n) = self.node(ino) else { break };
-            let parent = n.parent;
-            if let Some((name, _)) = self
-                .node(parent)
-                .and_then(|p| p.children.iter().find(|(_, &c)| c == ino))
-            {
-                names.push(name.clone());
-            }
-            ino = parent;
-        }
-        names.iter().rev().collect()
     }
 
     /// The paths of inodes `inos` (of a hard-linked file, one of its names), `None` for

@@ -161,11 +161,8 @@ async fn fetch_prefetch_list(client: &RegistryClient, digest: &str) -> Vec<PathB
 /// Paths of a prefetch list (one per line; blank lines and '#' comments skipped), if it
 /// is UTF-8 of at most [`MAX_PREFETCH_PATHS`] paths.
 pub fn parse_prefetch_list(bytes: &[u8]) -> Option<Vec<PathBuf>> {
-    let paths: Vec<PathBuf> = std::str::from_utf8(bytes)
-        .ok()?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    let text = std::str::from_utf8(bytes).ok()?;
+    let paths: Vec<PathBuf> = lamina_core::lazy::prefetch_list_paths(text)
         .map(PathBuf::from)
         .collect();
     (paths.len() <= MAX_PREFETCH_PATHS).then_some(paths)

@@ -643,7 +643,7 @@ if [ -n "$big_path" ] && [ -n "$dir_path" ]; then
   else bad "F: lamina lazy accessed: first '$(head -1 "$WORK/e/accessed" 2>/dev/null)' (want /$big_path), missing: ${missing:-none} $(cat "$WORK/e/err")"; fi
   if L e lazy accessed no.such/image:1 > /dev/null 2>"$WORK/e/err"; then
     bad "F: lamina lazy accessed of an unknown image succeeded"
-  elif grep -q 'no image named' "$WORK/e/err"; then ok "F: lamina lazy accessed of an unknown image: $(head -c 120 "$WORK/e/err" | tr '\n' ' ')"
+  elif grep -q 'is not recorded here' "$WORK/e/err"; then ok "F: lamina lazy accessed of an unknown image: $(head -c 120 "$WORK/e/err" | tr '\n' ' ')"
   else bad "F: lamina lazy accessed of an unknown image failed unclearly: $(head -c 300 "$WORK/e/err")"; fi
 else bad "F: no big file or directory from E to check"; fi
 

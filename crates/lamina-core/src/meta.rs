@@ -467,6 +467,20 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// The image recorded under `name`, if any.
+    pub fn image(&self, name: &str) -> Result<Option<crate::image::ImageRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAGES)?;
+        let Some(v) = table.get(name)? else {
+            return Ok(None);
+        };
+        let rec = postcard::from_bytes(v.value()).map_err(|source| Error::CorruptRecord {
+            key: name.to_owned(),
+            source,
+        })?;
+        Ok(Some(rec))
+    }
+
     /// Forgets an image (its snapshots stay until removed); false if it was unknown.
     pub fn remove_image(&self, name: &str) -> Result<bool> {
         let txn = self.db.begin_write()?;

@@ -268,6 +268,13 @@ impl Snapshotter {
         self.meta.images()
     }
 
+    /// Image `name` ([`Error::ImageNotFound`] if none is recorded under that name).
+    pub fn image(&self, name: &str) -> Result<crate::image::ImageRecord> {
+        self.meta
+            .image(name)?
+            .ok_or_else(|| Error::ImageNotFound { name: name.into() })
+    }
+
     /// Forgets image `name`; its snapshots stay until removed.
     pub fn remove_image(&self, name: &str) -> Result<()> {
         if self.meta.remove_image(name)? {

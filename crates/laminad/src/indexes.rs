@@ -134,13 +134,7 @@ impl Indexes for IndexService {
         let r = req.into_inner();
         let prefetch = prefetch_list(&r.prefetch)?;
         let layers = IndexService::build(self, r.image.clone(), r.span).await?;
-        let image = self
-            .store
-            .images()
-            .map_err(to_status)?
-            .into_iter()
-            .find(|i| i.name == r.image)
-            .ok_or_else(|| Status::not_found(format!("image {:?}", r.image)))?;
+        let image = self.store.image(&r.image).map_err(to_status)?;
         let reference = Reference::parse(&image.name).map_err(registry_status)?;
         let credentials = (!r.username.is_empty()).then_some(Credentials {
             username: r.username,

@@ -30,11 +30,7 @@ impl Snapshotter {
     /// layer against its digest and diffID on the way, and stores them in the content
     /// store. `span` is the uncompressed distance between checkpoints.
     pub fn build_layer_indexes(&self, name: &str, span: u64) -> Result<Vec<LayerIndexInfo>> {
-        let image = self
-            .images()?
-            .into_iter()
-            .find(|i| i.name == name)
-            .ok_or_else(|| Error::ImageNotFound { name: name.into() })?;
+        let image = self.image(name)?;
         let mut out = Vec::with_capacity(image.layers.len());
         for l in &image.layers {
             let digest = parse(&l.digest)?;

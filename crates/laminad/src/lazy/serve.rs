@@ -22,7 +22,7 @@ use lamina_registry::{
 };
 use sha2::Digest as _;
 
-use super::spec::{LayerState, LazySpec, ACCESS_FILE, CACHE_DIR, LAZY_DIR, PID_FILE};
+use super::spec::{LayerState, LazySpec, CACHE_DIR, LAZY_DIR, PID_FILE};
 
 /// What the server prints on stdout once its mount is up (laminad waits for it).
 pub const READY: &str = "ready";
@@ -206,21 +206,14 @@ fn save_accessed(dir: &Path, tree: &Tree, log: &AccessLog) {
         return;
     }
     let inos: Vec<u64> = fresh.iter().map(|&(_, ino)| ino).collect();
-    let mut lines = String::new();
-    for ((ms, _), path) in fresh.iter().zip(tree.paths(&inos)) {
-        match path.as_deref().and_then(Path::to_str) {
-            Some(p) if !p.contains(['\n', '\r']) => lines.push_str(&format!("{ms}\t/{p}\n")),
-            _ => {}
-        }
-    }
-    let path = dir.join(LAZY_DIR).join(ACCESS_FILE);
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(lines.as_bytes()));
-    if let Err(e) = written {
-        tracing::warn!(path = %path.display(), error = %e, "saving the files read");
+    let paths = tree.paths(&inos);
+    let reads: Vec<(u64, &str)> = fresh
+        .iter()
+        .zip(&paths)
+        .filter_map(|((ms, _), path)| Some((*ms, path.as_deref()?.to_str()?)))
+        .collect();
+    if let Err(e) = super::spec::append_accessed(dir, &reads) {
+        tracing::warn!(dir = %dir.display(), error = %e, "saving the files read");
     }
 }
 

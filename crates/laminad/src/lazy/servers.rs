@@ -12,7 +12,7 @@ use lamina_core::lazy::ChunkCache;
 use lamina_core::Snapshotter;
 
 use super::serve::READY;
-use super::spec::{LayerState, LazySpec, ACCESS_FILE, CACHE_DIR, LAZY_DIR, LOG_FILE, PID_FILE};
+use super::spec::{LayerState, LazySpec, CACHE_DIR, LAZY_DIR, LOG_FILE, PID_FILE};
 
 /// How long a new server may take to mount its layer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,39 +156,26 @@ fn serving(dir: &Path) -> Option<u32> {
 }
 
 /// The files of image `image`'s lazy layers in the order they were first read, each
-/// once (their access files merged by time); `None` if no image has that name.
-pub fn accessed(store: &Snapshotter, image: &str) -> anyhow::Result<Option<Vec<String>>> {
-    let Some(record) = store.images()?.into_iter().find(|i| i.name == image) else {
-        return Ok(None);
-    };
+/// once (their access files merged by time).
+pub fn accessed(store: &Snapshotter, image: &str) -> lamina_core::Result<Vec<String>> {
+    let record = store.image(image)?;
     let mut reads: Vec<(u64, usize, String)> = Vec::new();
     for name in &record.chain_ids {
         let Ok(dir) = store.snapshot_dir(name) else {
             continue; // removed meanwhile
         };
-        let path = dir.join(LAZY_DIR).join(ACCESS_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // not lazy, or unread
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        for line in text.lines() {
-            // A line cut short by a crash has no tab or no number: skipped.
-            if let Some((ms, file)) = line.split_once('\t') {
-                if let Ok(ms) = ms.parse() {
-                    reads.push((ms, reads.len(), file.to_owned()));
-                }
-            }
+        let layer = super::spec::read_accessed(&dir)
+            .map_err(|e| lamina_core::Error::io("read", dir.join(LAZY_DIR), e))?;
+        for (ms, file) in layer {
+            reads.push((ms, reads.len(), file));
         }
     }
     reads.sort();
     let mut seen = std::collections::HashSet::new();
-    Ok(Some(
-        reads
-            .into_iter()
-            .filter_map(|(_, _, file)| seen.insert(file.clone()).then_some(file))
-            .collect(),
-    ))
+    Ok(reads
+        .into_iter()
+        .filter_map(|(_, _, file)| seen.insert(file.clone()).then_some(file))
+        .collect())
 }
 
 /// One lazy layer, as `lamina lazy` lists it.

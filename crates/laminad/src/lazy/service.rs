@@ -52,16 +52,10 @@ impl LazyLayers for LazyService {
         req: Request<pb::AccessedRequest>,
     ) -> Result<Response<pb::AccessedResponse>, Status> {
         let (store, image) = (self.store.clone(), req.into_inner().image);
-        let found = {
-            let image = image.clone();
-            tokio::task::spawn_blocking(move || super::servers::accessed(&store, &image))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("{e:#}")))?
-        };
-        match found {
-            Some(paths) => Ok(Response::new(pb::AccessedResponse { paths })),
-            None => Err(Status::not_found(format!("no image named {image:?}"))),
-        }
+        let paths = tokio::task::spawn_blocking(move || super::servers::accessed(&store, &image))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(crate::status::to_status)?;
+        Ok(Response::new(pb::AccessedResponse { paths }))
     }
 }

@@ -157,3 +157,68 @@ impl LayerState {
         std::fs::rename(&tmp, lazy.join(STATE_FILE))
     }
 }
+
+/// Appends first reads (ms since the Unix epoch, path in the image) to the access file of
+/// the lazy layer in snapshot directory `dir`. Paths a line-based list cannot hold (with a
+/// line break) are left out.
+pub fn append_accessed(dir: &Path, reads: &[(u64, &str)]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut lines = String::new();
+    for (ms, path) in reads {
+        if !path.contains(['\n', '\r']) {
+            lines.push_str(&format!("{ms}\t/{}\n", path.trim_start_matches('/')));
+        }
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LAZY_DIR).join(ACCESS_FILE))?
+        .write_all(lines.as_bytes())
+}
+
+/// The first reads in the access file of the lazy layer in snapshot directory `dir`, in
+/// the order written (none if it has no file). A line a crash cut short (no line end yet)
+/// is skipped.
+pub fn read_accessed(dir: &Path) -> std::io::Result<Vec<(u64, String)>> {
+    let text = match std::fs::read_to_string(dir.join(LAZY_DIR).join(ACCESS_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .split_inclusive('\n')
+        .filter_map(|line| {
+            let (ms, path) = line.strip_suffix('\n')?.split_once('\t')?;
+            Some((ms.parse().ok()?, path.to_owned()))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_access_file_keeps_reads_in_order_and_skips_what_it_cannot_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(LAZY_DIR)).unwrap();
+        assert!(read_accessed(dir.path()).unwrap().is_empty(), "no file yet");
+        append_accessed(dir.path(), &[(5, "usr/bin/app"), (6, "bad\nname")]).unwrap();
+        append_accessed(dir.path(), &[(7, "/etc/app.conf")]).unwrap();
+        // A crash in the middle of a line leaves it without its path.
+        let file = dir.path().join(LAZY_DIR).join(ACCESS_FILE);
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str("8\t/us");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(
+            read_accessed(dir.path()).unwrap(),
+            [
+                (5, "/usr/bin/app".to_owned()),
+                (7, "/etc/app.conf".to_owned())
+            ]
+        );
+    }
+}

@@ -668,6 +668,9 @@ if python3 -c 'import sys; open(sys.argv[1], "w").write("a\rb\n")' "$WORK/g/bad-
    ! L a index push --prefetch-file "$WORK/g/bad-list" "${REF[zstd]}" > /dev/null 2>"$WORK/g/err" &&
    grep -q 'line break' "$WORK/g/err"; then ok "G: a prefetch list with a line break in a path is refused: $(head -c 150 "$WORK/g/err" | tr '\n' ' ')"
 else bad "G: a prefetch list with a CR in a path: $(head -c 300 "$WORK/g/err")"; fi
+if ! L g pull --lazy --prefetch-file "$WORK/g/bad-list" "${REF[zstd]}" > /dev/null 2>"$WORK/g/err" &&
+   grep -q 'line break' "$WORK/g/err"; then ok "G: a pull whose own prefetch list has a CR in a path is refused: $(head -c 150 "$WORK/g/err" | tr '\n' ' ')"
+else bad "G: lamina pull with a CR in a prefetch path: $(head -c 300 "$WORK/g/err")"; fi
 
 # --- cleanup: removing the snapshots unmounts the lazy layers, their servers exit ----------
 # remove_images NAME: every image of daemon NAME: rootfs unmounted and removed, the image

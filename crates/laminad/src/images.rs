@@ -152,6 +152,7 @@ impl Images for ImageService {
             }
             r.lazy.unwrap_or(settings.enabled).then_some(settings)
         });
+        crate::indexes::prefetch_list(&r.prefetch)?;
         if r.lazy == Some(true) && lazy.is_none() {
             return Err(Status::failed_precondition(
                 "this daemon cannot mount layers lazily (it needs the overlayfs backend)",

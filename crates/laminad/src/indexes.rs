@@ -84,8 +84,9 @@ fn descriptor(
         .map_err(|e| Status::internal(e.to_string()))
 }
 
-/// The blob of prefetch list `paths` (none if empty): one path per line.
-fn prefetch_list(paths: &[String]) -> Result<Option<Vec<u8>>, Status> {
+/// The blob of prefetch list `paths` (none if empty): one path per line. Also the check
+/// of a pull's own list: the same bounds either way.
+pub(crate) fn prefetch_list(paths: &[String]) -> Result<Option<Vec<u8>>, Status> {
     if paths.is_empty() {
         return Ok(None);
     }
